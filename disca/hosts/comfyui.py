@@ -1,0 +1,337 @@
+"""ComfyUI host: predictor modules built from ComfyUI's own blocks, and the sampling wrappers.
+
+How a run goes (DESIGN.md §3), through ComfyUI's public mechanisms only:
+- OUTER_SAMPLE wrapper: builds a fresh `DisCaRun` from the sampler's sigmas, puts it in a per-run clone of
+  the guider's model_options, logs the summary line and drops the run in `finally`.
+- DIFFUSION_MODEL wrapper (HunyuanVideo._forward): looks up the step from the current sigma.
+  Anchor step: the stock forward runs unchanged; a `patches_replace["dit"]` patch on the last block keeps
+  a clone of its output as the cache (blocks update tensors in place).
+  Predicted step: the stock forward runs with every block replaced: the patch on double block 0 receives
+  the step's embedded image/text tokens, `vec` (with MeanFlow's r) and rotary embedding, and runs the
+  predictor on them and the cache; every other block passes its input through. ComfyUI's own final layer
+  and unpatchify then produce the output, so no DiT transformer block runs.
+
+Imports of `comfy` happen inside functions: this module is imported by the node pack only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, DiTSpec, PredictorFile, PredictorSpec,
+                       base_fingerprint, check_predictor_fits, infer_dit_spec, load_safetensors,
+                       normalize_tencent_layout, strip_wrapper_prefix, tencent_to_comfy_predictor)
+from ..predictor import DisCaPredictor, predictor_bytes
+from ..runtime import MODE_PREDICTOR, MODE_REUSE_OUTPUT, DisCaConfig, DisCaRun, DisCaRuntimeError
+
+log = logging.getLogger("disca")
+
+WRAPPER_KEY = "disca"
+SETUP_OPTION = "disca_setup"  # transformer_options key: the DisCaSetup of a patched model
+RUN_OPTION = "disca_run"  # transformer_options key: the DisCaRun of the sampling run in progress
+
+
+@dataclass(frozen=True)
+class DisCaSetup:
+    """What the apply node attaches to a model: config, predictor (None in reuse_output mode) and its spec."""
+
+    config: DisCaConfig
+    predictor: DisCaPredictor | None
+    spec: PredictorSpec | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Model and predictor
+
+
+def diffusion_model_of(model_patcher):
+    """The HunyuanVideo nn.Module inside a ComfyUI MODEL; a clear error for any other model."""
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    module = getattr(model_patcher.model, "diffusion_model", None)
+    if not isinstance(module, HunyuanVideo):
+        raise DisCaRuntimeError(
+            f"DisCa runs on HunyuanVideo 1.0/1.5 models; this MODEL is {type(module).__name__}. "
+            "Load a HunyuanVideo DiT (DisCa Load Distilled Model or UNETLoader)."
+        )
+    return module
+
+
+def dit_spec_of(model_patcher) -> DiTSpec:
+    """Read the DiT's architecture from the live ComfyUI module (works for any loader)."""
+    module = diffusion_model_of(model_patcher)
+    params = module.params
+    return DiTSpec(
+        arch=ARCH_HV15 if params.vision_in_dim == 1152 else ARCH_HV10,
+        hidden_size=params.hidden_size,
+        num_heads=params.num_heads,
+        double_blocks=params.depth,
+        single_blocks=params.depth_single_blocks,
+        meanflow=params.meanflow,
+        guidance_distilled=params.guidance_embed,
+    )
+
+
+WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                 "fp8_e4m3fn": torch.float8_e4m3fn}
+
+
+def load_distilled_model(path: str, weight_dtype: str = "default", allow_non_meanflow: bool = False):
+    """Load a Tencent-layout HunyuanVideo DiT through ComfyUI's own loader; returns (MODEL, DiTSpec).
+
+    The split q/k/v (1.5) and tensor-parallel variants are fused first: ComfyUI's renaming has no rule for
+    them and would drop those weights with only a log line.
+    """
+    import comfy.sd
+
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weight_dtype!r}")
+    tensors, metadata = load_safetensors(path)
+    state_dict = normalize_tencent_layout(strip_wrapper_prefix(tensors))
+    spec = infer_dit_spec(state_dict, path)
+    if not spec.meanflow and not allow_non_meanflow:
+        raise DisCaFormatError(
+            f"{path}: this HunyuanVideo DiT has no time_r_in weights, so it is not a MeanFlow-distilled model "
+            f"({spec.describe()}). DisCa's presets assume a distilled few-step model; to run it anyway (plain flow "
+            "model, e.g. for comparisons) enable allow_non_meanflow."
+        )
+    options = {} if WEIGHT_DTYPES[weight_dtype] is None else {"dtype": WEIGHT_DTYPES[weight_dtype]}
+    model = comfy.sd.load_diffusion_model_state_dict(state_dict, model_options=options, metadata=metadata or None)
+    if model is None:
+        raise DisCaFormatError(f"{path}: ComfyUI did not recognise this checkpoint as a diffusion model")
+    loaded = dit_spec_of(model)
+    if (loaded.arch, loaded.meanflow) != (spec.arch, spec.meanflow):
+        raise DisCaFormatError(f"{path}: ComfyUI detected {loaded.describe()}, but the keys say {spec.describe()}")
+    return model, spec
+
+
+def check_base_fingerprint(model_patcher, predictor_file: PredictorFile) -> None:
+    """Warn (do not fail) when a predictor of ours was trained on another base checkpoint."""
+    expected = predictor_file.base_fingerprint
+    if expected is None:
+        return
+    actual = fingerprint_of(model_patcher)
+    if actual != expected:
+        log.warning("DisCa: %s was trained on a base model with fingerprint %s, but this model's is %s; "
+                    "predictions may be poor. Train or download the predictor for this checkpoint.",
+                    predictor_file.path, expected, actual)
+
+
+def fingerprint_of(model_patcher) -> str:
+    module = diffusion_model_of(model_patcher)
+    names = ("img_in.proj.weight", "final_layer.linear.weight", "time_in.in_layer.weight")
+    state = {name: module.get_parameter(name) for name in names}
+    return base_fingerprint(state)
+
+
+def build_predictor(spec: PredictorSpec, tencent_state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
+                    device: torch.device | str = "cpu") -> DisCaPredictor:
+    """A predictor made of ComfyUI's Flux-style blocks (HunyuanVideo's own), loaded strictly."""
+    import comfy.ops
+    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+
+    # manual_cast: weights follow the input's device/dtype when they differ (CPU offload), no copy when they match
+    ops = comfy.ops.manual_cast
+    mlp_ratio = spec.mlp_hidden_dim / spec.hidden_size
+    if spec.arch == ARCH_HV10:
+        def build_block():
+            return SingleStreamBlock(spec.hidden_size, spec.num_heads, mlp_ratio=mlp_ratio, dtype=dtype, device=device,
+                                     operations=ops)
+    else:
+        def build_block():
+            return DoubleStreamBlock(spec.hidden_size, spec.num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
+                                     flipped_img_txt=True, dtype=dtype, device=device, operations=ops)
+    predictor = DisCaPredictor(spec, build_block, operations=ops, dtype=dtype, device=device)
+    state = {k: v.to(dtype) for k, v in tencent_to_comfy_predictor(tencent_state_dict).items()}
+    predictor.load_state_dict(state, strict=True)
+    return predictor.eval().requires_grad_(False)
+
+
+def apply_disca(model_patcher, config: DisCaConfig, spec: PredictorSpec | None = None,
+                tencent_state_dict: dict[str, torch.Tensor] | None = None, offload_predictor: bool = False):
+    """Clone `model_patcher` and attach DisCa. Returns the clone; the caller's model is never changed."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.patcher_extension
+
+    dit = dit_spec_of(model_patcher)
+    predictor = None
+    if config.mode == MODE_PREDICTOR:
+        if spec is None or tencent_state_dict is None:
+            raise DisCaRuntimeError("DisCa mode 'predictor' needs a PREDICTOR input (DisCa Load Predictor)")
+        check_predictor_fits(spec, dit, "predictor")
+        if spec.arch == ARCH_HV10 and dit.single_blocks == 0:
+            raise DisCaRuntimeError("a single-stream predictor needs a model with single-stream blocks")
+        # the compute dtype, so that no cast (a copy) happens on each predicted step
+        dtype = model_patcher.model.manual_cast_dtype or model_patcher.model_dtype()
+        predictor = build_predictor(spec, tencent_state_dict, dtype)
+
+    patched = model_patcher.clone()
+    patched.model_options["transformer_options"][SETUP_OPTION] = DisCaSetup(config, predictor, spec)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                                 _diffusion_model_wrapper)
+    if predictor is not None and not offload_predictor:
+        # ComfyUI loads and offloads it together with the DiT, and counts its memory
+        predictor_patcher = comfy.model_patcher.ModelPatcher(
+            predictor, load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device())
+        patched.set_additional_models(WRAPPER_KEY, [predictor_patcher])
+    return patched
+
+
+# --------------------------------------------------------------------------------------------------
+# Wrappers
+
+
+def _bind(executor, args, kwargs) -> inspect.BoundArguments:
+    """Name a wrapper's arguments by the wrapped function's own signature (no guessing by position)."""
+    return inspect.signature(executor.original).bind(*args, **kwargs)
+
+
+def _outer_sample_wrapper(executor, *args, **kwargs):
+    import comfy.model_patcher
+
+    guider = executor.class_obj
+    original_options = guider.model_options
+    sigmas = _bind(executor, args, kwargs).arguments["sigmas"]
+    guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
+    options = guider.model_options["transformer_options"]
+    setup: DisCaSetup = options[SETUP_OPTION]
+    run = DisCaRun(setup.config, sigmas.detach().to("cpu", torch.float32).tolist(),
+                   predictor_bytes(setup.predictor) if setup.predictor is not None else 0)
+    options[RUN_OPTION] = run
+    log.info("DisCa: %s", setup.config.schedule.describe(run.total_steps))
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        try:
+            log.info(run.summary())
+        except Exception:  # a failed summary must not hide the sampling error or result
+            log.exception("DisCa: could not build the run summary")
+        guider.model_options = original_options
+
+
+def _diffusion_model_wrapper(executor, *args, **kwargs):
+    call = _bind(executor, args, kwargs)
+    options = call.arguments["transformer_options"]
+    run: DisCaRun | None = options.get(RUN_OPTION)
+    if run is None:  # called outside a sampling run (no OUTER_SAMPLE), e.g. by another node: stay stock
+        return executor(*args, **kwargs)
+    setup: DisCaSetup = options[SETUP_OPTION]
+    x = call.arguments["x"]
+    run.check_signature(x)
+    # one 4-byte device->host read per call; ComfyUI's own MeanFlow r lookup syncs in the same way
+    step = run.step_index(float(options["sigmas"][0]))
+    uuids = tuple(options["uuids"])
+
+    cached = None if run.is_anchor(step) else run.cache.get(uuids, x.device)
+    if cached is None:
+        if not run.is_anchor(step):
+            log.warning("DisCa: no cache for step %d (conds %s); running the full model", step, uuids)
+        return _full_step(executor, call, run, setup, step, uuids)
+    return _predicted_step(executor, call, run, setup, step, cached)
+
+
+def _full_step(executor, call, run: DisCaRun, setup: DisCaSetup, step: int, uuids: tuple):
+    options = call.arguments["transformer_options"]
+    started = run.stats.timer.start(call.arguments["x"].device)
+    if setup.config.mode == MODE_REUSE_OUTPUT:
+        out = executor(*call.args, **call.kwargs)
+        run.cache.put(uuids, (out.detach().clone(),))
+    else:
+        module = executor.class_obj
+        captured = {}
+        if setup.spec.arch == ARCH_HV10:
+            key = ("single_block", len(module.single_blocks) - 1)
+        else:
+            key = ("double_block", len(module.double_blocks) - 1)
+        previous = options.get("patches_replace", {}).get("dit", {}).get(key)
+
+        def capture_last_block(args, extra):
+            out = previous(args, extra) if previous is not None else extra["original_block"](args)
+            # clones: the stock loop and ControlNet update these tensors in place afterwards
+            captured["tensors"] = tuple(out[name].detach().clone() for name in
+                                        (("img",) if key[0] == "single_block" else ("img", "txt")))
+            return out
+
+        call.arguments["transformer_options"] = _with_block_patches(options, {key: capture_last_block})
+        out = executor(*call.args, **call.kwargs)
+        run.cache.put(uuids, captured["tensors"])
+    run.stats.timer.stop("full", started)
+    run.stats.full_steps.add(step)
+    run.stats.full_calls += 1
+    return out
+
+
+def _predicted_step(executor, call, run: DisCaRun, setup: DisCaSetup, step: int, cached: tuple):
+    options = call.arguments["transformer_options"]
+    started = run.stats.timer.start(call.arguments["x"].device)
+    if setup.config.mode == MODE_REUSE_OUTPUT:
+        out = cached[0]
+    else:
+        module = executor.class_obj
+        patches = {("double_block", i): _pass_double for i in range(1, len(module.double_blocks))}
+        patches.update({("single_block", i): _pass_single for i in range(len(module.single_blocks))})
+        patches[("double_block", 0)] = _predictor_patch(setup.predictor, cached)
+        call.arguments["transformer_options"] = _with_block_patches(options, patches)
+        out = executor(*call.args, **call.kwargs)
+    run.stats.timer.stop("predicted", started)
+    run.stats.predicted_steps.add(step)
+    run.stats.predicted_calls += 1
+    return out
+
+
+def _with_block_patches(options: dict, patches: dict) -> dict:
+    """A copy of transformer_options with extra `dit` block patches; the shared dicts stay untouched."""
+    replace = dict(options.get("patches_replace", {}))
+    replace["dit"] = {**replace.get("dit", {}), **patches}
+    return {**options, "patches_replace": replace}
+
+
+def _pass_double(args, extra):
+    return {"img": args["img"], "txt": args["txt"]}
+
+
+def _pass_single(args, extra):
+    return {"img": args["img"]}
+
+
+def _predictor_patch(predictor: DisCaPredictor, cached: tuple):
+    """The patch for double block 0 on a predicted step: the predictor replaces the whole block stack."""
+
+    def run_predictor(args, extra):
+        img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
+        mask, options = args["attention_mask"], args["transformer_options"]
+        if predictor.spec.arch == ARCH_HV10:
+            (cache,) = cached
+            tokens = torch.cat((img, txt), dim=1)
+            _check_cache(cache, tokens)
+            x = predictor.fuse_tokens(tokens, cache)
+            for block in predictor.blocks:
+                x = block(x, vec=vec, pe=pe, attn_mask=mask, modulation_dims=args["modulation_dims_img"],
+                          transformer_options=options)
+            return {"img": x[:, :img.shape[1]], "txt": x[:, img.shape[1]:]}
+        cache_img, cache_txt = cached
+        _check_cache(cache_img, img)
+        _check_cache(cache_txt, txt)
+        img, txt = predictor.fuse_streams(img, txt, cache_img, cache_txt)
+        for block in predictor.blocks:
+            img, txt = block(img=img, txt=txt, vec=vec, pe=pe, attn_mask=mask,
+                             modulation_dims_img=args["modulation_dims_img"],
+                             modulation_dims_txt=args["modulation_dims_txt"], transformer_options=options)
+        return {"img": img, "txt": txt}
+
+    return run_predictor
+
+
+def _check_cache(cache: torch.Tensor, current: torch.Tensor) -> None:
+    if cache.shape != current.shape:
+        raise DisCaRuntimeError(
+            f"DisCa: cached tokens {tuple(cache.shape)} do not match this step's {tuple(current.shape)}; the "
+            "conditioning changed length within one run (e.g. a prompt schedule). Use an interval of 1 there."
+        )

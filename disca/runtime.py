@@ -1,0 +1,200 @@
+"""Per-run DisCa state: which step is an anchor, the cache keyed per cond, and the run's numbers.
+
+Host-free. A host builds one `DisCaRun` per sampling run (ComfyUI: in the OUTER_SAMPLE wrapper) and drops it
+when the run ends, so a second run, a changed prompt or an interrupted run never sees stale state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .schedules import AnchorSchedule
+
+log = logging.getLogger("disca")
+
+MODE_PREDICTOR = "predictor"
+MODE_REUSE_OUTPUT = "reuse_output"
+MODES = (MODE_PREDICTOR, MODE_REUSE_OUTPUT)
+CACHE_ON_COMPUTE_DEVICE = "compute_device"
+CACHE_ON_CPU = "cpu"
+CACHE_DEVICES = (CACHE_ON_COMPUTE_DEVICE, CACHE_ON_CPU)
+
+
+class DisCaRuntimeError(RuntimeError):
+    """Sampling cannot go on with DisCa as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class DisCaConfig:
+    """How DisCa runs a model.
+
+    schedule: which steps run the full model (anchors); the others are predicted.
+    mode: "predictor" runs the learned predictor on predicted steps (DisCa). "reuse_output" returns the last
+        anchor's model output unchanged: the training-free cache baseline, for A/B comparisons only.
+    cache_device: "compute_device" keeps the cache where the model runs (fastest). "cpu" parks it in host
+        memory between anchor and predicted steps: saves its size in VRAM, costs two copies per predicted step.
+    """
+
+    schedule: AnchorSchedule
+    mode: str = MODE_PREDICTOR
+    cache_device: str = CACHE_ON_COMPUTE_DEVICE
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.cache_device not in CACHE_DEVICES:
+            raise ValueError(f"cache_device must be one of {CACHE_DEVICES}, got {self.cache_device!r}")
+
+
+UuidKey = tuple  # the conds (uuids) batched into one model call, in batch order
+
+
+class CacheStore:
+    """Tensors saved at an anchor, keyed by the conds batched in that call.
+
+    ComfyUI may batch cond and uncond into one call or split them (memory-dependent), and may decide
+    differently at the anchor and at the predicted step. An exact key match returns the stored tensors as
+    they are (no copy); otherwise the per-cond rows are gathered from whichever entries hold them.
+    """
+
+    def __init__(self, offload_to_cpu: bool = False):
+        self._entries: dict[UuidKey, tuple[torch.Tensor, ...]] = {}
+        self._offload = offload_to_cpu
+        self.peak_bytes = 0
+
+    def put(self, uuids: UuidKey, tensors: tuple[torch.Tensor, ...]) -> None:
+        if self._offload:
+            # non_blocking D2H into pinned memory: the copy overlaps the rest of the anchor step
+            tensors = tuple(t.to("cpu", non_blocking=True, copy=True) for t in tensors)
+        # entries of other batchings that share a cond are stale now
+        for key in [k for k in self._entries if set(k) & set(uuids)]:
+            del self._entries[key]
+        self._entries[uuids] = tensors
+        self.peak_bytes = max(self.peak_bytes, self.nbytes)
+
+    def get(self, uuids: UuidKey, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+        tensors = self._entries.get(uuids)
+        if tensors is None:
+            tensors = self._gather(uuids)
+            if tensors is None:
+                return None
+        if self._offload:
+            tensors = tuple(t.to(device, non_blocking=True) for t in tensors)
+        return tensors
+
+    def _gather(self, uuids: UuidKey) -> tuple[torch.Tensor, ...] | None:
+        rows = []
+        for uuid in uuids:
+            for key, tensors in self._entries.items():
+                if uuid in key:
+                    per_cond = tensors[0].shape[0] // len(key)
+                    start = key.index(uuid) * per_cond
+                    rows.append(tuple(t[start:start + per_cond] for t in tensors))
+                    break
+            else:
+                return None
+        return tuple(torch.cat(parts, dim=0) for parts in zip(*rows))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for ts in self._entries.values() for t in ts)
+
+
+class StepTimer:
+    """Wall time of model calls without a host sync per step: CUDA events are read once, at the end."""
+
+    def __init__(self):
+        self._pending: dict[str, list] = {"full": [], "predicted": []}
+        self._seconds: dict[str, float] = {"full": 0.0, "predicted": 0.0}
+
+    def start(self, device: torch.device):
+        if device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def stop(self, kind: str, started) -> None:
+        if isinstance(started, float):
+            self._seconds[kind] += time.perf_counter() - started
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._pending[kind].append((started, end))
+
+    def seconds(self, kind: str) -> float:
+        pending = self._pending[kind]
+        if pending:
+            pending[-1][1].synchronize()  # one sync per run, when the summary is logged
+            self._seconds[kind] += sum(a.elapsed_time(b) for a, b in pending) / 1000.0
+            pending.clear()
+        return self._seconds[kind]
+
+
+@dataclass
+class RunStats:
+    full_steps: set = field(default_factory=set)
+    predicted_steps: set = field(default_factory=set)
+    full_calls: int = 0
+    predicted_calls: int = 0
+    predictor_bytes: int = 0
+    timer: StepTimer = field(default_factory=StepTimer)
+
+
+class DisCaRun:
+    """One sampling run. `sample_sigmas` is the schedule the sampler steps through (host floats)."""
+
+    def __init__(self, config: DisCaConfig, sample_sigmas: list[float], predictor_bytes: int = 0):
+        self.config = config
+        self.total_steps = len(sample_sigmas) - 1
+        self.anchors = config.schedule.anchor_steps(self.total_steps)
+        self._step_of_sigma: dict[float, int] = {}
+        for index, sigma in enumerate(sample_sigmas[:-1]):
+            self._step_of_sigma.setdefault(sigma, index)
+        self.cache = CacheStore(offload_to_cpu=config.cache_device == CACHE_ON_CPU)
+        self.stats = RunStats(predictor_bytes=predictor_bytes)
+        self._signature = None
+
+    def step_index(self, sigma: float) -> int:
+        """The sampler step this sigma belongs to. The sigma must be one of the schedule's, exactly."""
+        step = self._step_of_sigma.get(sigma)
+        if step is None:
+            raise DisCaRuntimeError(
+                f"DisCa: the model was called at sigma {sigma:.6g}, which is not a step of this run's schedule. "
+                "DisCa (and MeanFlow's r = next sigma) needs a sampler that evaluates the model once per step at the "
+                "schedule's sigmas: use 'euler' (KSamplerSelect) with the DisCa Sigmas or BasicScheduler sigmas."
+            )
+        return step
+
+    def is_anchor(self, step: int) -> bool:
+        return step in self.anchors
+
+    def check_signature(self, x: torch.Tensor) -> None:
+        """A change of device, dtype or latent shape within a run invalidates the cache (EasyCache does the same)."""
+        signature = (x.device, x.dtype, tuple(x.shape[1:]))
+        if self._signature is not None and signature != self._signature:
+            log.warning("DisCa: input changed from %s to %s mid-run; dropping the cache", self._signature, signature)
+            self.cache = CacheStore(offload_to_cpu=self.config.cache_device == CACHE_ON_CPU)
+        self._signature = signature
+
+    def summary(self) -> str:
+        stats = self.stats
+        n_full, n_pred = len(stats.full_steps), len(stats.predicted_steps)
+        t_full, t_pred = stats.timer.seconds("full"), stats.timer.seconds("predicted")
+        per_full = t_full / n_full if n_full else 0.0
+        per_pred = t_pred / n_pred if n_pred else 0.0
+        # DiT-time speedup against running the full model on every step of this run
+        spent = t_full + t_pred
+        speedup = (per_full * (n_full + n_pred) / spent) if spent > 0 else 1.0
+        ratio = f", {100 * per_pred / per_full:.1f}% of full" if per_full > 0 and n_pred else ""
+        return (
+            f"DisCa [{self.config.schedule.name}, {self.config.mode}]: {n_full} full + {n_pred} predicted of "
+            f"{self.total_steps} steps ({stats.full_calls} + {stats.predicted_calls} model calls); "
+            f"full {t_full:.3f} s ({per_full:.3f} s/step), predicted {t_pred:.3f} s ({per_pred:.3f} s/step{ratio}); "
+            f"est. {speedup:.2f}x DiT speedup vs all-full; cache {self.cache.peak_bytes / 2**20:.1f} MiB, "
+            f"predictor {stats.predictor_bytes / 2**20:.1f} MiB"
+        )

@@ -1,0 +1,30 @@
+"""ComfyUI nodes of the DisCa pack: thin V3 adapters over `disca`."""
+
+import os
+
+import folder_paths
+from comfy_api.latest import ComfyExtension, io
+
+from .loaders import PREDICTOR_FOLDER, DisCaLoadDistilledModel, DisCaLoadPredictor
+from .sampling import DisCaApply, DisCaSigmas
+
+
+def _register_predictor_folder() -> None:
+    # extra_model_paths.yaml is read before custom nodes load and may have created the key already
+    path = os.path.join(folder_paths.models_dir, PREDICTOR_FOLDER)
+    if PREDICTOR_FOLDER in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(PREDICTOR_FOLDER, path)
+    else:
+        folder_paths.folder_names_and_paths[PREDICTOR_FOLDER] = ([path], {".safetensors"})
+
+
+_register_predictor_folder()
+
+
+class DisCaExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [DisCaLoadDistilledModel, DisCaLoadPredictor, DisCaApply, DisCaSigmas]
+
+
+async def comfy_entrypoint() -> DisCaExtension:
+    return DisCaExtension()

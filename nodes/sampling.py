@@ -1,0 +1,110 @@
+"""The DisCa apply node and the matching sigma schedules."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..disca.hosts import comfyui as host
+from ..disca.runtime import CACHE_DEVICES, MODES, DisCaConfig
+from ..disca.schedules import PRESETS, AnchorSchedule, flow_sigmas, parse_step_list
+from .loaders import DisCaPredictor
+
+SCHEDULE_INTERVAL = "interval"
+SCHEDULE_STEP_LIST = "step_list"
+SIGMA_PRESETS = [name for name, preset in PRESETS.items() if preset.steps is not None]
+PREDICTOR_ON_DEVICE = "with_model"
+PREDICTOR_CPU_OFFLOAD = "cpu_offload"
+
+
+def build_schedule(schedule: str, interval: int, step_list: str) -> AnchorSchedule:
+    if schedule == SCHEDULE_INTERVAL:
+        return AnchorSchedule(interval=interval, name=f"N{interval}")
+    if schedule == SCHEDULE_STEP_LIST:
+        return AnchorSchedule(anchors=parse_step_list(step_list), name="step_list")
+    return AnchorSchedule.from_preset(schedule)
+
+
+class DisCaApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DisCaApply",
+            display_name="DisCa Apply",
+            category="DisCa",
+            description="Patches a HunyuanVideo model so that sampling runs the full DiT on anchor steps and the "
+                        "DisCa predictor on the others (a learned cache of the last layer's tokens). Sample with "
+                        "'euler' on the DisCa Sigmas schedule.",
+            inputs=[
+                io.Model.Input("model", tooltip="A distilled HunyuanVideo 1.0 or 1.5 model."),
+                DisCaPredictor.Input("predictor", optional=True,
+                                     tooltip="The DisCa predictor for this base model. Not needed in reuse_output mode."),
+                io.Combo.Input("schedule", options=list(PRESETS) + [SCHEDULE_INTERVAL, SCHEDULE_STEP_LIST],
+                               default="t2v_official_10of20",
+                               tooltip="Which steps run the full model. Official lists are tied to their step count "
+                                       "(t2v: 20 steps, i2v: 8); N2..N4 and 'interval' run the full model every Nth "
+                                       "step of any count; 'step_list' uses the list below."),
+                io.Int.Input("interval", default=2, min=1, max=100,
+                             tooltip="With schedule 'interval': full model every N steps. N=1 is plain sampling "
+                                     "(bit-identical to no DisCa); larger N is faster and less faithful."),
+                io.String.Input("step_list", default="0 1 2 5 9 13 17 19",
+                                tooltip="With schedule 'step_list': anchor step indices, increasing, starting at 0."),
+                io.Combo.Input("mode", options=list(MODES), default=MODES[0],
+                               tooltip="predictor: DisCa. reuse_output: repeat the last anchor's output instead "
+                                       "(training-free cache, for A/B comparisons)."),
+                io.Combo.Input("cache_device", options=list(CACHE_DEVICES), default=CACHE_DEVICES[0],
+                               tooltip="Where the cache lives between steps. cpu saves its size in VRAM "
+                                       "(hundreds of MB at 720p) at the cost of two copies per predicted step."),
+                io.Combo.Input("predictor_device", options=[PREDICTOR_ON_DEVICE, PREDICTOR_CPU_OFFLOAD],
+                               default=PREDICTOR_ON_DEVICE,
+                               tooltip="with_model: ComfyUI loads the predictor with the model. cpu_offload: "
+                                       "weights stay in RAM and stream to the GPU on each predicted step (low VRAM)."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with DisCa attached.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, schedule: str, step_list: str, **kwargs) -> bool | str:
+        if schedule == SCHEDULE_STEP_LIST:
+            try:
+                parse_step_list(step_list)
+            except ValueError as error:
+                return str(error)
+        return True
+
+    @classmethod
+    def execute(cls, model, schedule: str, interval: int, step_list: str, mode: str, cache_device: str,
+                predictor_device: str, predictor=None) -> io.NodeOutput:
+        config = DisCaConfig(build_schedule(schedule, interval, step_list), mode=mode, cache_device=cache_device)
+        if predictor is not None:
+            host.check_base_fingerprint(model, predictor)
+        patched = host.apply_disca(model, config, predictor.spec if predictor else None,
+                                   predictor.state_dict if predictor else None,
+                                   offload_predictor=predictor_device == PREDICTOR_CPU_OFFLOAD)
+        return io.NodeOutput(patched)
+
+
+class DisCaSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DisCaSigmas",
+            display_name="DisCa Sigmas",
+            category="DisCa",
+            description="The sigma schedule the official DisCa scripts sample with: steps evenly spaced in t, "
+                        "flow-shifted. A preset fixes steps and shift; 'custom' uses the inputs below.",
+            inputs=[
+                io.Combo.Input("preset", options=SIGMA_PRESETS + ["custom"], default=SIGMA_PRESETS[0],
+                               tooltip="Match the DisCa Apply schedule: t2v presets give 20 steps at shift 5, "
+                                       "i2v gives 8 steps at shift 7."),
+                io.Int.Input("steps", default=10, min=1, max=1000, tooltip="With preset 'custom': number of steps."),
+                io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.01,
+                               tooltip="With preset 'custom': flow shift; higher spends more steps at high noise."),
+            ],
+            outputs=[io.Sigmas.Output()],
+        )
+
+    @classmethod
+    def execute(cls, preset: str, steps: int, shift: float) -> io.NodeOutput:
+        if preset != "custom":
+            steps, shift = PRESETS[preset].steps, PRESETS[preset].shift
+        return io.NodeOutput(flow_sigmas(steps, shift))
