@@ -158,6 +158,7 @@ class DisCaRun:
         self.cache = CacheStore(offload_to_cpu=config.cache_device == CACHE_ON_CPU)
         self.stats = RunStats(predictor_bytes=predictor_bytes)
         self._signature = None
+        self._evaluated: set[tuple[int, object]] = set()
 
     def step_index(self, sigma: float) -> int:
         """The sampler step this sigma belongs to. The sigma must be one of the schedule's, exactly."""
@@ -169,6 +170,16 @@ class DisCaRun:
                 "schedule's sigmas: use 'euler' (KSamplerSelect) with the DisCa Sigmas or BasicScheduler sigmas."
             )
         return step
+
+    def register_call(self, step: int, uuids: tuple) -> None:
+        """Each cond may be evaluated once per step: a second evaluation means a multi-stage sampler."""
+        seen = {(step, uuid) for uuid in uuids}
+        if seen & self._evaluated:
+            raise DisCaRuntimeError(
+                f"DisCa: the sampler evaluated the model twice at step {step} for the same conditioning; samplers "
+                "with several model calls per step (heun, dpm_2, ...) break the anchor/predicted schedule. Use 'euler'."
+            )
+        self._evaluated |= seen
 
     def is_anchor(self, step: int) -> bool:
         return step in self.anchors

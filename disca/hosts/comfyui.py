@@ -228,6 +228,7 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
     # one 4-byte device->host read per call; ComfyUI's own MeanFlow r lookup syncs in the same way
     step = run.step_index(float(options["sigmas"][0]))
     uuids = tuple(options["uuids"])
+    run.register_call(step, uuids)
 
     cached = None if run.is_anchor(step) else run.cache.get(uuids, x.device)
     if cached is None:

@@ -1,0 +1,16 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def comfyui(tmp_path_factory):
+    """ComfyUI in-process with the pack loaded and tiny models in its model folders (testbed only)."""
+    from comfyui_env import ComfyUI, comfyui_skip_reason
+
+    reason = comfyui_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from tiny_model_files import write_tiny_model_files
+
+    env = ComfyUI(tmp_path_factory.mktemp("comfyui_models"))
+    write_tiny_model_files(env.models_dir)
+    return env

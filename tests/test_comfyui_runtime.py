@@ -1,0 +1,342 @@
+"""DisCa inside ComfyUI (in-process, CPU): loading, parity with stock sampling and with the official math, errors.
+
+Run with the testbed python: see README "Tests". Skipped elsewhere, with the reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import types
+
+import pytest
+import torch
+
+from comfyui_env import requires_comfyui
+from disca.formats import ARCH_HV10, ARCH_HV15, load_safetensors
+from disca.schedules import flow_sigmas
+from official_reference import predicted_output
+from tiny_model_files import (HV10_DIT, HV10_PLAIN_DIT, HV10_PREDICTOR, HV10_PREDICTOR_OTHER_BASE, HV10_PREDICTOR_TP,
+                              HV10_PREDICTOR_WIDE, HV15_DIT, HV15_PREDICTOR)
+
+pytestmark = [requires_comfyui, pytest.mark.comfyui]
+
+CASES = {
+    ARCH_HV10: dict(dit=HV10_DIT, predictor=HV10_PREDICTOR, channels=16, patch=(1, 2, 2)),
+    ARCH_HV15: dict(dit=HV15_DIT, predictor=HV15_PREDICTOR, channels=32, patch=(1, 1, 1)),
+}
+
+
+def conditioning(arch: str, seed: int, length: int = 6, batch: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(batch, length, 32, generator=g)
+    if arch == ARCH_HV10:
+        return [[context, {"pooled_output": torch.randn(batch, 768, generator=g), "guidance": 6.0}]]
+    vision = types.SimpleNamespace(last_hidden_state=torch.randn(batch, 3, 1152, generator=g))
+    return [[context, {"pooled_output": None, "clip_vision_output": vision}]]
+
+
+def noise(arch: str, seed: int, batch: int = 1, size: int = 8) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    channels = CASES[arch]["channels"]
+    side = size if arch == ARCH_HV10 else size // 2  # HunyuanVideo-1.5 latents are 16x downsampled
+    return torch.randn(batch, channels, 2, side, side, generator=g)
+
+
+def load(comfyui, arch: str):
+    model, report = comfyui.run_node("DisCaLoadDistilledModel", unet_name=CASES[arch]["dit"], weight_dtype="default",
+                                     allow_non_meanflow=False)
+    predictor = comfyui.run_node("DisCaLoadPredictor", predictor_name=CASES[arch]["predictor"])[0]
+    return model, predictor
+
+
+def apply(comfyui, model, predictor, interval: int = 2, mode: str = "predictor", **kw):
+    options = dict(schedule="interval", interval=interval, step_list="0", mode=mode, cache_device="compute_device",
+                   predictor_device="with_model")
+    options.update(kw)
+    return comfyui.run_node("DisCaApply", model=model, predictor=predictor, **options)[0]
+
+
+def add_probe(comfyui, model, calls: list) -> None:
+    """Record every diffusion-model call (inputs, output, DiT blocks run). Registered after DisCa: runs inside it."""
+    module = model.model.diffusion_model
+    counter = {"blocks": 0}
+
+    def count(*_):
+        counter["blocks"] += 1
+
+    for block in list(module.double_blocks) + list(module.single_blocks):
+        if not getattr(block, "_disca_test_counted", False):
+            block.register_forward_hook(count)
+            block._disca_test_counted = True
+    module._disca_test_counter = counter
+
+    def probe(executor, *args, **kwargs):
+        bound = inspect.signature(executor.original).bind(*args, **kwargs)
+        before = module._disca_test_counter["blocks"]
+        out = executor(*args, **kwargs)
+        options = bound.arguments["transformer_options"]
+        calls.append(dict(arguments={k: v for k, v in bound.arguments.items() if k != "transformer_options"},
+                          sigma=options["sigmas"].clone(), sample_sigmas=options["sample_sigmas"].clone(),
+                          uuids=tuple(options["uuids"]), out=out.clone(),
+                          blocks=module._disca_test_counter["blocks"] - before))
+        return out
+
+    model.add_wrapper_with_key(comfyui.comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_probe", probe)
+
+
+def stock_capture(model, call: dict, patches: dict) -> None:
+    """Run ComfyUI's stock forward on a recorded call's inputs, with the test's own block patches."""
+    options = {"sigmas": call["sigma"], "sample_sigmas": call["sample_sigmas"], "patches_replace": {"dit": patches}}
+    args = dict(call["arguments"])
+    with torch.no_grad():
+        model.model.diffusion_model(**args, transformer_options=options)
+
+
+def test_pack_loads_with_its_nodes(comfyui):
+    for node_id in ("DisCaLoadDistilledModel", "DisCaLoadPredictor", "DisCaApply", "DisCaSigmas"):
+        assert node_id in comfyui.nodes.NODE_CLASS_MAPPINGS, node_id
+    assert HV10_PREDICTOR in comfyui.folder_paths.get_filename_list("disca")
+    assert comfyui.pack.comfy_entrypoint is not None
+
+
+def test_loader_reports_and_refuses_a_plain_model(comfyui):
+    model, report = comfyui.run_node("DisCaLoadDistilledModel", unet_name=HV10_DIT, weight_dtype="default",
+                                     allow_non_meanflow=False)
+    assert report == f"{HV10_DIT}: hunyuan_video hidden 128 (1 heads), 1 double + 2 single blocks, MeanFlow, guidance-distilled"
+    assert model.model.diffusion_model.time_r_in is not None
+    with pytest.raises(ValueError, match="has no time_r_in weights.*enable allow_non_meanflow"):
+        comfyui.run_node("DisCaLoadDistilledModel", unet_name=HV10_PLAIN_DIT, weight_dtype="default", allow_non_meanflow=False)
+    plain, report = comfyui.run_node("DisCaLoadDistilledModel", unet_name=HV10_PLAIN_DIT, weight_dtype="default",
+                                     allow_non_meanflow=True)
+    assert report.endswith("1 double + 2 single blocks, guidance-distilled") and "MeanFlow" not in report
+    assert plain.model.diffusion_model.time_r_in is None
+    _, report15 = comfyui.run_node("DisCaLoadDistilledModel", unet_name=HV15_DIT, weight_dtype="default",
+                                   allow_non_meanflow=False)
+    assert "hunyuan_video_1_5 hidden 128 (1 heads), 2 double + 0 single blocks, MeanFlow" in report15
+
+
+def test_hv15_split_qkv_weights_are_loaded_not_dropped(comfyui):
+    model, _ = load(comfyui, ARCH_HV15)
+    raw, _ = load_safetensors(str(comfyui.models_dir / "diffusion_models" / HV15_DIT))
+    fused = model.model.diffusion_model.double_blocks[1].img_attn.qkv.weight
+    expected = torch.cat([raw[f"double_blocks.1.img_attn_{p}.weight"] for p in "qkv"])
+    assert torch.equal(fused.float(), expected)
+
+
+def test_predictor_loader_reads_official_layouts(comfyui):
+    for name, arch in ((HV10_PREDICTOR, ARCH_HV10), (HV10_PREDICTOR_TP, ARCH_HV10), (HV15_PREDICTOR, ARCH_HV15)):
+        predictor = comfyui.run_node("DisCaLoadPredictor", predictor_name=name)[0]
+        assert (predictor.spec.arch, predictor.spec.hidden_size, predictor.spec.depth) == (arch, 128, 2)
+    assert comfyui.node("DisCaLoadPredictor").validate_inputs(predictor_name="nope.safetensors") == \
+        "predictor file 'nope.safetensors' not found in models/disca"
+
+
+@pytest.mark.parametrize("arch", [ARCH_HV10, ARCH_HV15])
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_every_step_an_anchor_is_bit_identical_to_stock(comfyui, arch, cfg):
+    model, predictor = load(comfyui, arch)
+    sigmas = flow_sigmas(4, 5.0)
+    positive, negative = conditioning(arch, 1), conditioning(arch, 2)
+    stock = comfyui.sample(model, noise(arch, 0), sigmas, positive, negative, cfg=cfg)
+    disca = comfyui.sample(apply(comfyui, model, predictor, interval=1), noise(arch, 0), sigmas, positive, negative, cfg=cfg)
+    assert torch.equal(stock, disca)
+
+
+@pytest.mark.parametrize("arch", [ARCH_HV10, ARCH_HV15])
+def test_predicted_steps_match_the_official_math(comfyui, arch, caplog):
+    model, predictor = load(comfyui, arch)
+    patched = apply(comfyui, model, predictor, interval=2)
+    calls = []
+    add_probe(comfyui, patched, calls)
+    with caplog.at_level(logging.INFO, logger="disca"):
+        comfyui.sample(patched, noise(arch, 0), flow_sigmas(4, 5.0), conditioning(arch, 1))
+    module = model.model.diffusion_model
+    depth = len(module.double_blocks) + len(module.single_blocks)
+    assert [c["blocks"] for c in calls] == [depth, 0, depth, 0]  # no DiT block runs on a predicted step
+    assert "4 steps (2 + 2 model calls)" in caplog.text and "2 full + 2 predicted" in caplog.text
+
+    dit_weights, _ = load_safetensors(str(comfyui.models_dir / "diffusion_models" / CASES[arch]["dit"]))
+    predictor_weights, _ = load_safetensors(str(comfyui.models_dir / "disca" / CASES[arch]["predictor"]))
+    grid = tuple(s // p for s, p in zip(noise(arch, 0).shape[2:], CASES[arch]["patch"]))
+    for anchor_call, predicted_call in ((calls[0], calls[1]), (calls[2], calls[3])):
+        captured = {}
+        if arch == ARCH_HV10:
+            last = ("single_block", len(module.single_blocks) - 1)
+
+            def keep_cache(args, extra):
+                out = extra["original_block"](args)
+                captured["cache"] = out["img"].clone()
+                return out
+        else:
+            last = ("double_block", len(module.double_blocks) - 1)
+
+            def keep_cache(args, extra):
+                out = extra["original_block"](args)
+                captured["cache"] = (out["img"].clone(), out["txt"].clone())
+                return out
+        stock_capture(model, anchor_call, {last: keep_cache})
+
+        def keep_inputs(args, extra):
+            captured.update(img=args["img"].clone(), txt=args["txt"].clone(), vec=args["vec"].clone())
+            return extra["original_block"](args)
+
+        stock_capture(model, predicted_call, {("double_block", 0): keep_inputs})
+        reference = predicted_output(predictor_weights, dit_weights, captured["img"], captured["txt"], captured["vec"],
+                                     captured["cache"], grid, CASES[arch]["patch"], CASES[arch]["channels"], heads=1)
+        got = predicted_call["out"]
+        relative = ((got - reference).norm() / reference.norm()).item()
+        print(f"{arch}: relative error {relative:.2e}")
+        assert relative <= 1e-5, relative
+        # and it is not trivially the anchor's output
+        assert not torch.allclose(got, anchor_call["out"], atol=1e-3)
+
+
+def test_official_10_of_20_schedule_counts(comfyui, caplog):
+    model, predictor = load(comfyui, ARCH_HV10)
+    patched = apply(comfyui, model, predictor, schedule="t2v_official_10of20")
+    calls = []
+    add_probe(comfyui, patched, calls)
+    sigmas = comfyui.run_node("DisCaSigmas", preset="t2v_official_10of20", steps=1, shift=1.0)[0]
+    assert torch.equal(sigmas, flow_sigmas(20, 5.0))
+    with caplog.at_level(logging.INFO, logger="disca"):
+        comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, conditioning(ARCH_HV10, 1))
+    full = [i for i, c in enumerate(calls) if c["blocks"] > 0]
+    assert full == [0, 1, 2, 5, 9, 11, 13, 15, 17, 19]
+    assert "10 full + 10 predicted of 20 steps" in caplog.text
+
+
+def test_wrong_predictor_for_the_model(comfyui):
+    model10, _ = load(comfyui, ARCH_HV10)
+    predictor15 = comfyui.run_node("DisCaLoadPredictor", predictor_name=HV15_PREDICTOR)[0]
+    with pytest.raises(ValueError, match="double-stream predictor for hunyuan_video_1_5 cannot run on a hunyuan_video model"):
+        apply(comfyui, model10, predictor15)
+    wide = comfyui.run_node("DisCaLoadPredictor", predictor_name=HV10_PREDICTOR_WIDE)[0]
+    with pytest.raises(ValueError, match="predictor hidden size 256 / 2 heads != model's 128 / 1"):
+        apply(comfyui, model10, wide)
+    with pytest.raises(RuntimeError, match="needs a PREDICTOR input"):
+        apply(comfyui, model10, None)
+
+
+def test_predictor_for_another_base_warns_but_runs(comfyui, caplog):
+    model, _ = load(comfyui, ARCH_HV10)
+    other = comfyui.run_node("DisCaLoadPredictor", predictor_name=HV10_PREDICTOR_OTHER_BASE)[0]
+    with caplog.at_level(logging.WARNING, logger="disca"):
+        patched = apply(comfyui, model, other)
+    assert "trained on a base model with fingerprint 0123456789abcdef" in caplog.text
+    out = comfyui.sample(patched, noise(ARCH_HV10, 0), flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1))
+    assert torch.isfinite(out).all()
+
+
+def test_bad_schedules_fail_with_clear_messages(comfyui):
+    model, predictor = load(comfyui, ARCH_HV10)
+    apply_node = comfyui.node("DisCaApply")
+    assert "must start with step 0" in apply_node.validate_inputs(schedule="step_list", step_list="1 2 3")
+    assert "strictly increasing" in apply_node.validate_inputs(schedule="step_list", step_list="0 3 3")
+    assert "step_list is empty" in apply_node.validate_inputs(schedule="step_list", step_list=" ")
+    with pytest.raises(ValueError, match="interval N must be >= 1"):
+        apply(comfyui, model, predictor, interval=0)
+    too_long = apply(comfyui, model, predictor, schedule="step_list", step_list="0 2 7")
+    with pytest.raises(ValueError, match="has step 7 but the sampler runs only 4 steps"):
+        comfyui.sample(too_long, noise(ARCH_HV10, 0), flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1))
+    preset = apply(comfyui, model, predictor, schedule="i2v_official_4of8")
+    with pytest.raises(ValueError, match="is for 8 steps, but the sampler runs 4"):
+        comfyui.sample(preset, noise(ARCH_HV10, 0), flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1))
+
+
+def test_multi_evaluation_sampler_is_refused(comfyui):
+    model, predictor = load(comfyui, ARCH_HV10)
+    patched = apply(comfyui, model, predictor)
+    sampler = comfyui.comfy.samplers.sampler_object("heun")
+    with pytest.raises(RuntimeError, match="evaluated the model twice at step 1.*Use 'euler'"):
+        comfyui.comfy.sample.sample_custom(patched, noise(ARCH_HV10, 0), 1.0, sampler, flow_sigmas(4, 5.0),
+                                           conditioning(ARCH_HV10, 1), conditioning(ARCH_HV10, 1),
+                                           torch.zeros_like(noise(ARCH_HV10, 0)), disable_pbar=True, seed=0)
+
+
+@pytest.mark.parametrize("arch", [ARCH_HV10, ARCH_HV15])
+def test_cfg_conds_batched_split_or_mixed_give_the_same_result(comfyui, arch, monkeypatch):
+    model, predictor = load(comfyui, arch)
+    sigmas, positive, negative = flow_sigmas(4, 5.0), conditioning(arch, 1), conditioning(arch, 2)
+
+    real_free_memory = comfyui.comfy.model_management.get_free_memory
+
+    def run(free_memory):
+        calls = []
+        patched = apply(comfyui, model, predictor, interval=2)
+        add_probe(comfyui, patched, calls)
+        if free_memory is not None:
+            # only the sampler's batching decision asks without torch_free_too; attention keeps the real reading
+            def reported(dev=None, torch_free_too=False):
+                return real_free_memory(dev, torch_free_too) if torch_free_too else free_memory(calls)
+            monkeypatch.setattr(comfyui.comfy.model_management, "get_free_memory", reported)
+        out = comfyui.sample(patched, noise(arch, 0), sigmas, positive, negative, cfg=3.0)
+        monkeypatch.undo()
+        return out, [len(c["uuids"]) for c in calls]
+
+    batched, sizes = run(None)
+    assert sizes == [2, 2, 2, 2]
+    split, sizes = run(lambda calls: 0)  # a GPU too full to batch cond and uncond
+    assert sizes == [1] * 8
+
+    def alternating(calls):  # room to batch on anchor steps (0, 2), not on predicted ones (1, 3)
+        steps_started = len({c["sigma"].item() for c in calls})
+        return 0 if steps_started % 2 else 10**15
+
+    mixed, sizes = run(alternating)
+    assert sizes == [2, 1, 1, 2, 1, 1]
+    torch.testing.assert_close(split, batched, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed, batched, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_of_two_equals_two_runs(comfyui):
+    model, predictor = load(comfyui, ARCH_HV10)
+    sigmas, patched = flow_sigmas(4, 5.0), apply(comfyui, model, predictor)
+    both = comfyui.sample(patched, noise(ARCH_HV10, 0, batch=2), sigmas, conditioning(ARCH_HV10, 1, batch=2))
+    for i in range(2):
+        one = comfyui.sample(patched, noise(ARCH_HV10, 0, batch=2)[i:i + 1], sigmas,
+                             [[c[i:i + 1] if torch.is_tensor(c) else c for c in conditioning(ARCH_HV10, 1, batch=2)[0][:1]]
+                              + [{k: (v[i:i + 1] if torch.is_tensor(v) else v)
+                                  for k, v in conditioning(ARCH_HV10, 1, batch=2)[0][1].items()}]])
+        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-5, atol=1e-5)
+
+
+def test_runs_never_share_state(comfyui):
+    model, predictor = load(comfyui, ARCH_HV10)
+    patched = apply(comfyui, model, predictor)
+    sigmas, cond = flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1)
+    first = comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, cond)
+    bigger = comfyui.sample(patched, noise(ARCH_HV10, 0, size=16), sigmas, cond)  # another resolution
+    assert bigger.shape[-1] == 16 and torch.isfinite(bigger).all()
+    other_prompt = comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, conditioning(ARCH_HV10, 7, length=9))
+    assert not torch.allclose(other_prompt, first)
+    again = comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, cond)
+    assert torch.equal(first, again)
+
+    def interrupt(step, *args):
+        if step == 1:
+            raise comfyui.comfy.model_management.InterruptProcessingException()
+
+    with pytest.raises(comfyui.comfy.model_management.InterruptProcessingException):
+        comfyui.sample(patched, noise(ARCH_HV10, 5), sigmas, conditioning(ARCH_HV10, 9), callback=interrupt)
+    after_interrupt = comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, cond)
+    assert torch.equal(first, after_interrupt)
+    assert "disca_run" not in patched.model_options["transformer_options"]
+
+
+def test_reuse_output_mode_repeats_the_anchor_output(comfyui):
+    model, _ = load(comfyui, ARCH_HV10)
+    patched = apply(comfyui, model, None, mode="reuse_output")
+    calls = []
+    add_probe(comfyui, patched, calls)
+    comfyui.sample(patched, noise(ARCH_HV10, 0), flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1))
+    assert len(calls) == 2  # predicted steps do not call the model at all
+
+
+def test_cache_and_predictor_offload_give_the_same_result(comfyui):
+    model, predictor = load(comfyui, ARCH_HV10)
+    sigmas, cond = flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1)
+    reference = comfyui.sample(apply(comfyui, model, predictor), noise(ARCH_HV10, 0), sigmas, cond)
+    offloaded = comfyui.sample(apply(comfyui, model, predictor, cache_device="cpu", predictor_device="cpu_offload"),
+                               noise(ARCH_HV10, 0), sigmas, cond)
+    assert torch.equal(reference, offloaded)

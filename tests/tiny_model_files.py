@@ -1,0 +1,34 @@
+"""The tiny model files the ComfyUI tests and workflow runs use, written in the real formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from disca.formats import ARCH_HV10, ARCH_HV15, META_BASE_FINGERPRINT, build_metadata, save_safetensors
+from tiny_models import official_predictor_state_dict, tencent_dit_state_dict
+
+HV10_DIT = "tiny_hv10_rmeanflow.safetensors"
+HV10_PLAIN_DIT = "tiny_hv10_plain.safetensors"
+HV15_DIT = "tiny_hv15_i2v_step_distilled.safetensors"
+HV10_PREDICTOR = "tiny_hv10_predictor.safetensors"
+HV10_PREDICTOR_TP = "tiny_hv10_predictor_tensor_parallel.safetensors"
+HV10_PREDICTOR_WIDE = "tiny_hv10_predictor_hidden256.safetensors"
+HV10_PREDICTOR_OTHER_BASE = "tiny_hv10_predictor_other_base.safetensors"
+HV15_PREDICTOR = "tiny_hv15_predictor.safetensors"
+
+
+def write_tiny_model_files(models_dir: Path) -> None:
+    dits, predictors = models_dir / "diffusion_models", models_dir / "disca"
+    dits.mkdir(parents=True, exist_ok=True)
+    predictors.mkdir(parents=True, exist_ok=True)
+    save_safetensors(str(dits / HV10_DIT), tencent_dit_state_dict(ARCH_HV10, double_blocks=1, single_blocks=2), {})
+    save_safetensors(str(dits / HV10_PLAIN_DIT), tencent_dit_state_dict(ARCH_HV10, meanflow=False), {})
+    save_safetensors(str(dits / HV15_DIT), tencent_dit_state_dict(ARCH_HV15, double_blocks=2, single_blocks=0,
+                                                                  guidance=False), {})
+    save_safetensors(str(predictors / HV10_PREDICTOR), official_predictor_state_dict(ARCH_HV10), {})
+    save_safetensors(str(predictors / HV10_PREDICTOR_TP), official_predictor_state_dict(ARCH_HV10, layout="tensor_parallel"), {})
+    save_safetensors(str(predictors / HV10_PREDICTOR_WIDE), official_predictor_state_dict(ARCH_HV10, hidden=256, heads=2), {})
+    save_safetensors(str(predictors / HV15_PREDICTOR), official_predictor_state_dict(ARCH_HV15), {})
+    other = build_metadata("predictor", ARCH_HV10, base_fingerprint="0123456789abcdef")
+    assert other[META_BASE_FINGERPRINT] == "0123456789abcdef"
+    save_safetensors(str(predictors / HV10_PREDICTOR_OTHER_BASE), official_predictor_state_dict(ARCH_HV10), other)
