@@ -148,38 +148,35 @@ class RunStats:
 class DisCaRun:
     """One sampling run. `sample_sigmas` is the schedule the sampler steps through (host floats)."""
 
-    def __init__(self, config: DisCaConfig, sample_sigmas: list[float], predictor_bytes: int = 0):
+    def __init__(self, config: DisCaConfig, total_steps: int, predictor_bytes: int = 0):
         self.config = config
-        self.total_steps = len(sample_sigmas) - 1
-        self.anchors = config.schedule.anchor_steps(self.total_steps)
-        self._step_of_sigma: dict[float, int] = {}
-        for index, sigma in enumerate(sample_sigmas[:-1]):
-            self._step_of_sigma.setdefault(sigma, index)
+        self.total_steps = total_steps
+        self.anchors = config.schedule.anchor_steps(total_steps)
+        self.current_step = 0  # advanced by the sampler's own end-of-step report, never by counting model calls
         self.cache = CacheStore(offload_to_cpu=config.cache_device == CACHE_ON_CPU)
         self.stats = RunStats(predictor_bytes=predictor_bytes)
         self._signature = None
         self._evaluated: set[tuple[int, object]] = set()
 
-    def step_index(self, sigma: float) -> int:
-        """The sampler step this sigma belongs to. The sigma must be one of the schedule's, exactly."""
-        step = self._step_of_sigma.get(sigma)
-        if step is None:
-            raise DisCaRuntimeError(
-                f"DisCa: the model was called at sigma {sigma:.6g}, which is not a step of this run's schedule. "
-                "DisCa (and MeanFlow's r = next sigma) needs a sampler that evaluates the model once per step at the "
-                "schedule's sigmas: use 'euler' (KSamplerSelect) with the DisCa Sigmas or BasicScheduler sigmas."
-            )
-        return step
+    def step_finished(self, step: int) -> None:
+        """The sampler reports that its step `step` is done (k-diffusion's callback `i`)."""
+        self.current_step = step + 1
 
-    def register_call(self, step: int, uuids: tuple) -> None:
-        """Each cond may be evaluated once per step: a second evaluation means a multi-stage sampler."""
+    def register_call(self, uuids: tuple) -> int:
+        """The step of a model call. Each cond may be evaluated once per step: a second evaluation means a
+        multi-stage sampler (heun, dpm_2, ...) or one that does not report its steps."""
+        step = self.current_step
+        if step >= self.total_steps:
+            raise DisCaRuntimeError(f"DisCa: model called after the last of {self.total_steps} steps; use 'euler'")
         seen = {(step, uuid) for uuid in uuids}
         if seen & self._evaluated:
             raise DisCaRuntimeError(
                 f"DisCa: the sampler evaluated the model twice at step {step} for the same conditioning; samplers "
-                "with several model calls per step (heun, dpm_2, ...) break the anchor/predicted schedule. Use 'euler'."
+                "with several model calls per step (heun, dpm_2, ...) or that do not report their steps break the "
+                "anchor/predicted schedule. Use 'euler'."
             )
         self._evaluated |= seen
+        return step
 
     def is_anchor(self, step: int) -> bool:
         return step in self.anchors

@@ -6,21 +6,25 @@ import pytest
 import torch
 
 from disca.runtime import CacheStore, DisCaConfig, DisCaRun, DisCaRuntimeError
-from disca.schedules import AnchorSchedule, flow_sigmas
+from disca.schedules import AnchorSchedule
 
 
 def make_run(steps=8, interval=2, **kw):
-    return DisCaRun(DisCaConfig(AnchorSchedule(interval=interval, name=f"N{interval}"), **kw),
-                    flow_sigmas(steps, 5.0).tolist(), predictor_bytes=2**20)
+    return DisCaRun(DisCaConfig(AnchorSchedule(interval=interval, name=f"N{interval}"), **kw), steps,
+                    predictor_bytes=2**20)
 
 
-def test_step_lookup_is_exact_and_loud():
+def test_steps_come_from_the_samplers_reports():
     run = make_run()
-    sigmas = flow_sigmas(8, 5.0)
-    assert [run.step_index(float(s)) for s in sigmas[:-1]] == list(range(8))
     assert [run.is_anchor(i) for i in range(8)] == [True, False] * 4
-    with pytest.raises(DisCaRuntimeError, match="not a step of this run's schedule.*use 'euler'"):
-        run.step_index(float(sigmas[3]) * 0.999)
+    assert run.register_call(("c", "u")) == 0
+    run.step_finished(0)
+    assert run.register_call(("c",)) == 1 and run.register_call(("u",)) == 1  # split conds share the step
+    with pytest.raises(DisCaRuntimeError, match="evaluated the model twice at step 1.*Use 'euler'"):
+        run.register_call(("c",))
+    run.step_finished(7)
+    with pytest.raises(DisCaRuntimeError, match="after the last of 8 steps"):
+        run.register_call(("c",))
 
 
 def test_cache_exact_key_returns_same_tensors():

@@ -198,22 +198,35 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
 
     guider = executor.class_obj
     original_options = guider.model_options
-    sigmas = _bind(executor, args, kwargs).arguments["sigmas"]
+    call = _bind(executor, args, kwargs)
     guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
     options = guider.model_options["transformer_options"]
     setup: DisCaSetup = options[SETUP_OPTION]
-    run = DisCaRun(setup.config, sigmas.detach().to("cpu", torch.float32).tolist(),
+    run = DisCaRun(setup.config, len(call.arguments["sigmas"]) - 1,
                    predictor_bytes(setup.predictor) if setup.predictor is not None else 0)
     options[RUN_OPTION] = run
+    call.arguments["callback"] = _reporting_step_ends(run, call.arguments["callback"])
     log.info("DisCa: %s", setup.config.schedule.describe(run.total_steps))
     try:
-        return executor(*args, **kwargs)
+        return executor(*call.args, **call.kwargs)
     finally:
         try:
             log.info(run.summary())
         except Exception:  # a failed summary must not hide the sampling error or result
             log.exception("DisCa: could not build the run summary")
         guider.model_options = original_options
+
+
+def _reporting_step_ends(run: DisCaRun, callback):
+    """The sampler calls this after each step with its own step index: the step index of the next model call
+    comes from it, with no device->host read of the current sigma (that would sync the GPU on every call)."""
+
+    def step_done(step, denoised, x, total_steps):
+        run.step_finished(step)
+        if callback is not None:
+            callback(step, denoised, x, total_steps)
+
+    return step_done
 
 
 def _diffusion_model_wrapper(executor, *args, **kwargs):
@@ -225,10 +238,8 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
     setup: DisCaSetup = options[SETUP_OPTION]
     x = call.arguments["x"]
     run.check_signature(x)
-    # one 4-byte device->host read per call; ComfyUI's own MeanFlow r lookup syncs in the same way
-    step = run.step_index(float(options["sigmas"][0]))
     uuids = tuple(options["uuids"])
-    run.register_call(step, uuids)
+    step = run.register_call(uuids)
 
     cached = None if run.is_anchor(step) else run.cache.get(uuids, x.device)
     if cached is None:

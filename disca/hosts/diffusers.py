@@ -1,0 +1,487 @@
+"""diffusers host: run HunyuanVideo 1.0 / 1.5 diffusers transformers with DisCa's view of their insides.
+
+The training code needs what the official DisCa inference code (Tencent-Hunyuan/DisCa `apply_disca.py`) reads
+from the DiT: the embedded image/text tokens, the modulation vector `vec` (diffusers' `temb`), the rotary
+embedding, the attention mask, the last-layer cache, and the DiT's own final layer + unpatchify applied to a
+predictor's output. `HunyuanVideoHost` exposes these as three steps (`embed`, `run_blocks`, `finalize`) built from
+the diffusers model's own submodules; `forward` chains them and equals the diffusers forward exactly.
+
+Time conventions (DESIGN.md §2): callers pass sigma in [0, 1]; the DiT embeds 1000*sigma. MeanFlow models embed
+r = the next sigma the same way and combine `vec = (time_in(t) + time_r_in(r)) / 2` (1.0, our `time_r_in` module,
+which diffusers lacks) or `time_in(t) + time_r_in(r)` (1.5, diffusers' `timestep_embedder_r`), as ComfyUI does.
+Embedded guidance is `1000 * scale`.
+
+Conditioning is a dict of tensors (batch first):
+  1.0: prompt_embeds [B, L, D_text], prompt_mask [B, L] (1 = valid, valid tokens first), pooled_embeds [B, 768]
+  1.5: prompt_embeds, prompt_mask, byt5_embeds [B, L2, 1472], byt5_mask [B, L2], image_embeds [B, L3, 1152]
+       (all zeros = text-to-video), image_latents [B, C_in - C_out, F, H, W] (I2V condition latents + mask channel)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from disca.formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, PredictorSpec, infer_dit_spec, load_safetensors,
+                           read_predictor_state_dict, strip_wrapper_prefix)
+from disca.hosts.diffusers_keys import (diffusers_to_tencent_dit, diffusers_to_tencent_predictor,
+                                        tencent_to_diffusers_dit, tencent_to_diffusers_predictor)
+from disca.predictor import DisCaPredictor
+
+TIME_SCALE = 1000.0  # sigma -> the DiT's timestep input; also the guidance multiplier
+COND_KEYS = {
+    ARCH_HV10: ("prompt_embeds", "prompt_mask", "pooled_embeds"),
+    ARCH_HV15: ("prompt_embeds", "prompt_mask", "byt5_embeds", "byt5_mask", "image_embeds", "image_latents"),
+}
+
+
+def _diffusers_classes():
+    from diffusers import HunyuanVideo15Transformer3DModel, HunyuanVideoTransformer3DModel
+
+    return {ARCH_HV10: HunyuanVideoTransformer3DModel, ARCH_HV15: HunyuanVideo15Transformer3DModel}
+
+
+def arch_of(transformer: nn.Module) -> str:
+    for arch, cls in _diffusers_classes().items():
+        if isinstance(transformer, cls):
+            return arch
+    raise TypeError(f"expected a diffusers HunyuanVideo transformer, got {type(transformer).__name__}")
+
+
+@dataclass
+class Embedded:
+    """A DiT call after embedding: what the blocks, a predictor and the final layer consume.
+
+    img: [B, L_img, D] patch tokens; txt: [B, L_txt, D] refined text tokens (1.5: image, ByT5 and LLM tokens,
+    valid first); temb: [B, D] modulation vector; rotary: (cos, sin) each [L_img, head_dim]; attention_mask:
+    1.0 [B, 1, 1, L_img + L_txt] key mask, 1.5 [B, L_txt] text mask; latent_shape: (B, C, F, H, W) of the input.
+    """
+
+    img: torch.Tensor
+    txt: torch.Tensor
+    temb: torch.Tensor
+    rotary: tuple[torch.Tensor, torch.Tensor]
+    attention_mask: torch.Tensor
+    latent_shape: tuple[int, ...]
+
+
+class HunyuanVideoHost(nn.Module):
+    """A diffusers HunyuanVideo transformer plus the embedders diffusers lacks, with DisCa's entry points.
+
+    `time_r_in` (1.0 MeanFlow) and `guidance_in` (1.5 embedded guidance) are TimestepEmbedding(256 -> D) modules
+    kept here, outside the diffusers model, and exported under their Tencent names.
+    """
+
+    def __init__(self, transformer: nn.Module, time_r_in: nn.Module | None = None, guidance_in: nn.Module | None = None):
+        super().__init__()
+        self.arch = arch_of(transformer)
+        self.transformer = transformer
+        if self.arch == ARCH_HV15 and time_r_in is not None:
+            raise ValueError("HunyuanVideo-1.5 keeps its r-embedder in the transformer (use_meanflow=True)")
+        if self.arch == ARCH_HV10 and guidance_in is not None:
+            raise ValueError("HunyuanVideo-1.0 keeps its guidance embedder in the transformer (guidance_embeds=True)")
+        self.time_r_in = time_r_in
+        self.guidance_in = guidance_in
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def hidden_size(self) -> int:
+        return self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
+
+    @property
+    def is_meanflow(self) -> bool:
+        if self.arch == ARCH_HV10:
+            return self.time_r_in is not None
+        return self.transformer.time_embed.timestep_embedder_r is not None
+
+    @property
+    def is_guidance_embedded(self) -> bool:
+        if self.arch == ARCH_HV10:
+            return self.transformer.time_text_embed.guidance_embedder is not None
+        return self.guidance_in is not None
+
+    def main_blocks(self) -> list[nn.Module]:
+        """All DiT blocks in execution order (1.0: double then single; 1.5: double)."""
+        blocks = list(self.transformer.transformer_blocks)
+        if self.arch == ARCH_HV10:
+            blocks += list(self.transformer.single_transformer_blocks)
+        return blocks
+
+    # ------------------------------------------------------------------ adding embedders
+
+    def add_time_r_embedder(self) -> None:
+        """Make this a MeanFlow model: add the r-embedder so that, at init, u(x, t, r=t) equals the flow model exactly.
+
+        1.0 averages (time_in(t) + time_r_in(r)) / 2, so time_r_in starts as a copy of time_in;
+        1.5 sums, so timestep_embedder_r starts as a copy with its last linear zeroed (a zero-init of the whole
+        embedder would get no gradient through SiLU(0) = 0, distillation.md §5).
+        """
+        if self.is_meanflow:
+            raise ValueError("the model already has an r-embedder (time_r_in)")
+        if self.arch == ARCH_HV10:
+            self.time_r_in = copy.deepcopy(self.transformer.time_text_embed.timestep_embedder)
+            return
+        from diffusers.models.embeddings import Timesteps
+
+        time_embed = self.transformer.time_embed
+        time_embed.time_proj_r = Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        time_embed.timestep_embedder_r = copy.deepcopy(time_embed.timestep_embedder)
+        nn.init.zeros_(time_embed.timestep_embedder_r.linear_2.weight)
+        nn.init.zeros_(time_embed.timestep_embedder_r.linear_2.bias)
+        time_embed.use_meanflow = True
+        self.transformer.register_to_config(use_meanflow=True)
+
+    def add_guidance_embedder(self) -> None:
+        """Make this a guidance-embedded (CFG-distilled) model; the last linear starts at zero so nothing changes at init."""
+        if self.is_guidance_embedded:
+            raise ValueError("the model already has a guidance embedder (guidance_in)")
+        embedder = copy.deepcopy(self._timestep_embedder())
+        nn.init.zeros_(embedder.linear_2.weight)
+        nn.init.zeros_(embedder.linear_2.bias)
+        if self.arch == ARCH_HV10:
+            self.transformer.time_text_embed.guidance_embedder = embedder
+            self.transformer.register_to_config(guidance_embeds=True)
+        else:
+            self.guidance_in = embedder
+
+    def _timestep_embedder(self) -> nn.Module:
+        if self.arch == ARCH_HV10:
+            return self.transformer.time_text_embed.timestep_embedder
+        return self.transformer.time_embed.timestep_embedder
+
+    def _time_proj(self) -> nn.Module:
+        if self.arch == ARCH_HV10:
+            return self.transformer.time_text_embed.time_proj
+        return self.transformer.time_embed.time_proj
+
+    # ------------------------------------------------------------------ the three steps
+
+    def embed(self, latents: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor],
+              sigma_next: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> Embedded:
+        """latents: [B, C, F, H, W]; sigma, sigma_next (r, MeanFlow only), guidance (scale, e.g. 6.0): [B]."""
+        missing = [k for k in COND_KEYS[self.arch] if k not in cond]
+        if missing:
+            raise KeyError(f"conditioning for {self.arch} lacks {missing}; it needs {list(COND_KEYS[self.arch])}")
+        if self.is_meanflow and sigma_next is None:
+            raise ValueError("this is a MeanFlow model: pass sigma_next (r, the next sigma of the schedule)")
+        if self.is_guidance_embedded and guidance is None:
+            raise ValueError("this model is guidance-embedded: pass guidance (the CFG scale it should imitate)")
+        timestep = sigma * TIME_SCALE
+        if self.arch == ARCH_HV10:
+            return self._embed_hv10(latents, timestep, cond, sigma_next, guidance)
+        return self._embed_hv15(latents, timestep, cond, sigma_next, guidance)
+
+    def _embed_hv10(self, latents, timestep, cond, sigma_next, guidance) -> Embedded:
+        tr = self.transformer
+        tt = tr.time_text_embed
+        pooled = cond["pooled_embeds"]
+        # same operations and order as HunyuanVideoConditionEmbedding.forward, plus the r term
+        time_emb = tt.timestep_embedder(tt.time_proj(timestep).to(dtype=pooled.dtype))
+        if self.time_r_in is not None:
+            time_emb = (time_emb + self.time_r_in(tt.time_proj(sigma_next * TIME_SCALE).to(dtype=pooled.dtype))) / 2
+        pooled_emb = tt.text_embedder(pooled)
+        if tt.guidance_embedder is not None:
+            guidance_emb = tt.guidance_embedder(tt.time_proj(guidance * TIME_SCALE).to(dtype=pooled.dtype))
+            temb = time_emb + guidance_emb + pooled_emb
+        else:
+            temb = time_emb + pooled_emb
+        rotary = tr.rope(latents)
+        img = tr.x_embedder(latents)
+        txt = tr.context_embedder(cond["prompt_embeds"], timestep, cond["prompt_mask"])
+        # key mask over [img ‖ txt]: padded text tokens (at the end) are masked, as diffusers builds it
+        batch, img_len, txt_len = img.shape[0], img.shape[1], txt.shape[1]
+        valid = img_len + cond["prompt_mask"].sum(dim=1, dtype=torch.int)
+        mask = torch.arange(img_len + txt_len, device=img.device).unsqueeze(0) < valid.unsqueeze(1)
+        return Embedded(img, txt, temb, rotary, mask.view(batch, 1, 1, -1), tuple(latents.shape))
+
+    def _embed_hv15(self, latents, timestep, cond, sigma_next, guidance) -> Embedded:
+        tr = self.transformer
+        timestep_r = sigma_next * TIME_SCALE if self.is_meanflow else None
+        temb = tr.time_embed(timestep, timestep_r=timestep_r)
+        if self.guidance_in is not None:
+            temb = temb + self.guidance_in(self._time_proj()(guidance * TIME_SCALE).to(dtype=timestep.dtype))
+        model_input = torch.cat([latents, cond["image_latents"]], dim=1)
+        rotary = tr.rope(model_input)
+        img = tr.x_embedder(model_input)
+        txt, mask = self._hv15_text_tokens(timestep, cond)
+        return Embedded(img, txt, temb, rotary, mask, tuple(latents.shape))
+
+    def _hv15_text_tokens(self, timestep, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token sequence HunyuanVideo15Transformer3DModel.forward builds: valid image, ByT5, LLM tokens first."""
+        tr = self.transformer
+        prompt_mask = cond["prompt_mask"]
+        txt = tr.context_embedder(cond["prompt_embeds"], timestep, prompt_mask)
+        txt = txt + tr.cond_type_embed(torch.zeros_like(txt[:, :, 0], dtype=torch.long))
+        byt5 = tr.context_embedder_2(cond["byt5_embeds"])
+        byt5 = byt5 + tr.cond_type_embed(torch.ones_like(byt5[:, :, 0], dtype=torch.long))
+        image_embeds = cond["image_embeds"]
+        image = tr.image_embedder(image_embeds)
+        batch = image.shape[0]
+        if torch.all(image_embeds == 0):  # text-to-video: the image tokens exist but are masked out
+            image = image * 0.0
+            image_mask = torch.zeros(batch, image.shape[1], dtype=prompt_mask.dtype, device=prompt_mask.device)
+        else:
+            image_mask = torch.ones(batch, image.shape[1], dtype=prompt_mask.dtype, device=prompt_mask.device)
+        image = image + tr.cond_type_embed(2 * torch.ones_like(image[:, :, 0], dtype=torch.long))
+        prompt_mask, byt5_mask, image_mask = prompt_mask.bool(), cond["byt5_mask"].bool(), image_mask.bool()
+        tokens, masks = [], []
+        for t, tm, b, bm, i, im in zip(txt, prompt_mask, byt5, byt5_mask, image, image_mask):
+            tokens.append(torch.cat([i[im], b[bm], t[tm], i[~im], torch.zeros_like(b[~bm]), torch.zeros_like(t[~tm])]))
+            masks.append(torch.cat([im[im], bm[bm], tm[tm], im[~im], bm[~bm], tm[~tm]]))
+        return torch.stack(tokens), torch.stack(masks)
+
+    def _call_block(self, block: nn.Module, img, txt, e: Embedded):
+        if torch.is_grad_enabled() and self.transformer.gradient_checkpointing:
+            return self.transformer._gradient_checkpointing_func(block, img, txt, e.temb, e.attention_mask, e.rotary)
+        return block(img, txt, e.temb, e.attention_mask, e.rotary)
+
+    def run_blocks(self, e: Embedded) -> tuple[torch.Tensor, ...]:
+        """Run every DiT block; returns the cache DisCa stores on an anchor step.
+
+        1.0: (x,) with x = [img ‖ txt] after the last single-stream block, [B, L_img + L_txt, D];
+        1.5: (img, txt) after the last double-stream block.
+        """
+        img, txt = e.img, e.txt
+        for block in self.main_blocks():
+            img, txt = self._call_block(block, img, txt, e)
+        if self.arch == ARCH_HV10:
+            return (torch.cat([img, txt], dim=1),)
+        return img, txt
+
+    def block_features(self, e: Embedded, taps: tuple[int, ...]) -> list[torch.Tensor]:
+        """Image tokens [B, L_img, D] after each tapped block (indices into `main_blocks()`); stops at the deepest tap."""
+        blocks = self.main_blocks()
+        if not taps or max(taps) >= len(blocks) or min(taps) < 0:
+            raise ValueError(f"discriminator taps {list(taps)} must be block indices in 0..{len(blocks) - 1}")
+        features, img, txt = [], e.img, e.txt
+        for index, block in enumerate(blocks[: max(taps) + 1]):
+            img, txt = self._call_block(block, img, txt, e)
+            if index in taps:
+                features.append(img)
+        return features
+
+    def image_tokens(self, cache: tuple[torch.Tensor, ...], e: Embedded) -> torch.Tensor:
+        """The image part of a cache or block output, [B, L_img, D]."""
+        return cache[0][:, : e.img.shape[1]]
+
+    def finalize(self, e: Embedded, img: torch.Tensor) -> torch.Tensor:
+        """The DiT's own final layer + unpatchify. img: [B, L_img, D] -> velocity [B, C_out, F, H, W]."""
+        tr = self.transformer
+        batch, _, frames, height, width = e.latent_shape
+        p, p_t = tr.config.patch_size, tr.config.patch_size_t
+        out = tr.proj_out(tr.norm_out(img, e.temb))
+        out = out.reshape(batch, frames // p_t, height // p, width // p, -1, p_t, p, p)
+        out = out.permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return out.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def forward(self, latents: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor],
+                sigma_next: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """The full DiT: latents [B, C, F, H, W] -> velocity (MeanFlow: average velocity over [r, t]) [B, C_out, F, H, W]."""
+        e = self.embed(latents, sigma, cond, sigma_next, guidance)
+        return self.finalize(e, self.image_tokens(self.run_blocks(e), e))
+
+    def forward_with_cache(self, latents, sigma, cond, sigma_next=None, guidance=None):
+        """An anchor step: (velocity, cache). The cache is detached, as DisCa stores it."""
+        e = self.embed(latents, sigma, cond, sigma_next, guidance)
+        cache = self.run_blocks(e)
+        return self.finalize(e, self.image_tokens(cache, e)), tuple(c.detach() for c in cache)
+
+    def predict(self, predictor: nn.Module, latents, sigma, cond, cache, sigma_next=None, guidance=None) -> torch.Tensor:
+        """A predicted step: no DiT block runs; the predictor maps (current tokens, cache) to the last hidden state."""
+        e = self.embed(latents, sigma, cond, sigma_next, guidance)
+        return self.finalize(e, predictor(e.img, e.txt, cache, e.temb, e.attention_mask, e.rotary))
+
+    def reuse_cache(self, latents, sigma, cond, cache, sigma_next=None, guidance=None) -> torch.Tensor:
+        """The training-free baseline: the anchor's last hidden state through the current step's final layer."""
+        e = self.embed(latents, sigma, cond, sigma_next, guidance)
+        return self.finalize(e, self.image_tokens(cache, e))
+
+    # ------------------------------------------------------------------ weights
+
+    def diffusers_state_dict(self) -> dict[str, torch.Tensor]:
+        """diffusers keys of the transformer, plus `time_r_in.*` / `guidance_in.*` for the modules kept here."""
+        state = dict(self.transformer.state_dict())
+        for name in ("time_r_in", "guidance_in"):
+            module = getattr(self, name)
+            if module is not None:
+                state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+        return state
+
+    def tencent_state_dict(self) -> dict[str, torch.Tensor]:
+        """The Tencent layout ComfyUI and the official scripts load (merged q/k/v)."""
+        return diffusers_to_tencent_dit(self.diffusers_state_dict(), self.arch)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def dit_config_from_tencent(state_dict: dict[str, torch.Tensor], attention_head_dim: int = 128) -> tuple[str, dict]:
+    """Read a diffusers config from a (normalized) Tencent-layout DiT, as ComfyUI's model detection does."""
+    spec = infer_dit_spec(state_dict)
+    img_in = state_dict["img_in.proj.weight"]
+    hidden, in_channels, patch = img_in.shape[0], img_in.shape[1], tuple(img_in.shape[2:])
+    if hidden % attention_head_dim:
+        raise DisCaFormatError(f"hidden size {hidden} is not a multiple of attention_head_dim {attention_head_dim}")
+    head_dim_rope = (16, 56, 56) if attention_head_dim == 128 else None
+    if head_dim_rope is None:
+        raise DisCaFormatError(f"attention_head_dim {attention_head_dim}: only 128 (rotary axes 16/56/56) is supported")
+    refiners = len({k.split(".")[3] for k in state_dict if k.startswith("txt_in.individual_token_refiner.blocks.")})
+    common = dict(
+        in_channels=in_channels,
+        out_channels=state_dict["final_layer.linear.weight"].shape[0] // (patch[0] * patch[1] * patch[2]),
+        num_attention_heads=hidden // attention_head_dim,
+        attention_head_dim=attention_head_dim,
+        num_layers=spec.double_blocks,
+        num_refiner_layers=refiners,
+        mlp_ratio=state_dict["double_blocks.0.img_mlp.fc1.weight"].shape[0] / hidden,
+        patch_size=patch[1],
+        patch_size_t=patch[0],
+        text_embed_dim=state_dict["txt_in.input_embedder.weight"].shape[1],
+        rope_axes_dim=head_dim_rope,
+    )
+    if spec.arch == ARCH_HV10:
+        return spec.arch, dict(common, num_single_layers=spec.single_blocks, guidance_embeds=spec.guidance_distilled,
+                               pooled_projection_dim=state_dict["vector_in.in_layer.weight"].shape[1])
+    return spec.arch, dict(common, text_embed_2_dim=state_dict["byt5_in.fc1.weight"].shape[1],
+                           image_embed_dim=state_dict["vision_in.proj.1.weight"].shape[1], use_meanflow=spec.meanflow)
+
+
+def _extra_embedder(state_dict: dict, name: str, hidden: int) -> nn.Module | None:
+    from diffusers.models.embeddings import TimestepEmbedding
+
+    sub = {k[len(name) + 1:]: v for k, v in state_dict.items() if k.startswith(f"{name}.")}
+    if not sub:
+        return None
+    module = TimestepEmbedding(in_channels=256, time_embed_dim=hidden)
+    module.load_state_dict(sub, strict=True)
+    return module
+
+
+def host_from_diffusers_state_dict(arch: str, config: dict, state_dict: dict[str, torch.Tensor],
+                                   source: str = "model") -> HunyuanVideoHost:
+    """Build a host from diffusers-keyed weights (+ `time_r_in.*` / `guidance_in.*`), strictly."""
+    transformer = _diffusers_classes()[arch](**config)
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    extras = {k: v for k, v in state_dict.items() if k.split(".")[0] in ("time_r_in", "guidance_in")}
+    main = {k: v for k, v in state_dict.items() if k not in extras}
+    missing, unexpected = transformer.load_state_dict(main, strict=False)
+    if missing or unexpected:
+        raise DisCaFormatError(f"{source}: weights do not fit the {arch} diffusers model (missing {missing[:6]}, "
+                               f"unexpected {unexpected[:6]}); is it the right HunyuanVideo version?")
+    return HunyuanVideoHost(transformer, _extra_embedder(extras, "time_r_in", hidden),
+                            _extra_embedder(extras, "guidance_in", hidden))
+
+
+def load_host(path: str, dtype: torch.dtype = torch.float32) -> HunyuanVideoHost:
+    """Load a DiT from a diffusers folder (config.json + weights) or a Tencent-layout .safetensors file."""
+    if os.path.isdir(path):
+        config_path = os.path.join(path, "config.json")
+        if not os.path.isfile(config_path):
+            raise DisCaFormatError(f"{path}: a diffusers model folder needs config.json; point to the 'transformer' folder")
+        with open(config_path) as f:
+            class_name = json.load(f).get("_class_name", "")
+        classes = {cls.__name__: (arch, cls) for arch, cls in _diffusers_classes().items()}
+        if class_name not in classes:
+            raise DisCaFormatError(f"{path}: config.json is for {class_name!r}, expected one of {sorted(classes)}")
+        _, cls = classes[class_name]
+        host = HunyuanVideoHost(cls.from_pretrained(path, torch_dtype=dtype))
+        extras_path = os.path.join(path, "disca_extra_embedders.safetensors")
+        if os.path.isfile(extras_path):
+            extras, _ = load_safetensors(extras_path)
+            hidden = host.hidden_size
+            host.time_r_in = _extra_embedder(extras, "time_r_in", hidden)
+            host.guidance_in = _extra_embedder(extras, "guidance_in", hidden)
+        return host.to(dtype)
+    if not path.endswith(".safetensors"):
+        raise DisCaFormatError(f"{path}: give a diffusers model folder or a Tencent-layout .safetensors file")
+    tensors, _ = load_safetensors(path)
+    tensors = strip_wrapper_prefix(tensors)
+    arch, config = dit_config_from_tencent(tensors)
+    host = host_from_diffusers_state_dict(arch, config, tencent_to_diffusers_dit(tensors, arch, path), path)
+    return host.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------- predictor
+
+
+class DiffusersPredictor(DisCaPredictor):
+    """DisCaPredictor with diffusers blocks: HunyuanVideoSingleTransformerBlock (1.0) or the double-stream block (1.5).
+
+    Keys are the official top-level names with diffusers block internals; `official_state_dict` maps them to the
+    official layout that `disca.formats.load_predictor_file` reads.
+    """
+
+    def __init__(self, spec: PredictorSpec, head_dim: int = 128):
+        from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoSingleTransformerBlock
+        from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15TransformerBlock
+
+        mlp_ratio = spec.mlp_hidden_dim / spec.hidden_size
+        if spec.arch == ARCH_HV10:
+            def build_block():
+                return HunyuanVideoSingleTransformerBlock(spec.num_heads, spec.head_dim, mlp_ratio=mlp_ratio)
+        else:
+            def build_block():
+                return HunyuanVideo15TransformerBlock(spec.num_heads, spec.head_dim, mlp_ratio=mlp_ratio)
+        super().__init__(spec, build_block)
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, cache: tuple[torch.Tensor, ...], temb: torch.Tensor,
+                attention_mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """img [B, L_img, D], txt [B, L_txt, D], cache from `run_blocks` -> predicted last image tokens [B, L_img, D]."""
+        if self.spec.arch == ARCH_HV10:
+            x = self.fuse_tokens(torch.cat([img, txt], dim=1), cache[0])
+            img, txt = x[:, : img.shape[1]], x[:, img.shape[1]:]
+        else:
+            img, txt = self.fuse_streams(img, txt, cache[0], cache[1])
+        for block in self.blocks:
+            img, txt = block(img, txt, temb, attention_mask, rotary)
+        return img
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        return diffusers_to_tencent_predictor({k: v.detach() for k, v in self.state_dict().items()}, self.spec.arch)
+
+    def load_official_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "predictor") -> None:
+        """Load official-layout weights (any variant `disca.formats` accepts), strictly."""
+        spec, normalized = read_predictor_state_dict(state_dict, source)
+        if spec != self.spec:
+            raise DisCaFormatError(f"{source}: predictor is {spec}, this module is {self.spec}")
+        self.load_state_dict(tencent_to_diffusers_predictor(normalized, spec.arch, spec.hidden_size, source), strict=True)
+
+
+_GATE_CHUNKS = {ARCH_HV10: {"norm.linear": (3, (2,))},
+                ARCH_HV15: {"norm1.linear": (6, (2, 5)), "norm1_context.linear": (6, (2, 5))}}
+
+
+def predictor_from_dit(host: HunyuanVideoHost, depth: int = 2, zero_gates: bool = True) -> DiffusersPredictor:
+    """A predictor whose blocks start as copies of the DiT's last `depth` blocks, residual gates zeroed.
+
+    With zero gates each block starts as the identity, so the predictor first outputs fusion_mlp([tokens ‖ cache])
+    and the blocks learn a correction from weights that already read the DiT's last-layer features.
+    """
+    blocks = host.main_blocks()
+    if not 1 <= depth <= len(blocks):
+        raise ValueError(f"predictor depth {depth} must be in 1..{len(blocks)} (the DiT's block count)")
+    config = host.transformer.config
+    source_blocks = (list(host.transformer.single_transformer_blocks) if host.arch == ARCH_HV10
+                     else list(host.transformer.transformer_blocks))[-depth:]
+    if len(source_blocks) < depth:
+        raise ValueError(f"predictor depth {depth} exceeds the DiT's {len(source_blocks)} blocks of the predictor's type")
+    spec = PredictorSpec(arch=host.arch, hidden_size=host.hidden_size, num_heads=config.num_attention_heads,
+                         depth=depth, mlp_hidden_dim=int(host.hidden_size * config.mlp_ratio))
+    predictor = DiffusersPredictor(spec)
+    for target, source in zip(predictor.blocks, source_blocks):
+        target.load_state_dict(source.state_dict(), strict=True)
+        if zero_gates:
+            with torch.no_grad():
+                for name, (chunks, gates) in _GATE_CHUNKS[host.arch].items():
+                    linear = target.get_submodule(name)
+                    rows = linear.weight.shape[0] // chunks
+                    for g in gates:
+                        linear.weight[g * rows:(g + 1) * rows].zero_()
+                        linear.bias[g * rows:(g + 1) * rows].zero_()
+    return predictor.to(dtype=next(host.parameters()).dtype)
