@@ -32,3 +32,22 @@ def write_tiny_model_files(models_dir: Path) -> None:
     other = build_metadata("predictor", ARCH_HV10, base_fingerprint="0123456789abcdef")
     assert other[META_BASE_FINGERPRINT] == "0123456789abcdef"
     save_safetensors(str(predictors / HV10_PREDICTOR_OTHER_BASE), official_predictor_state_dict(ARCH_HV10), other)
+
+
+# The file names the shipped workflows (workflows/*.json) load; tests/test_comfyui_workflows.py runs them on these.
+WORKFLOW_HV10_DIT = "hyvideo10_t2v_restricted_meanflow_540p.safetensors"
+WORKFLOW_HV10_PREDICTOR = "hyvideo10_t2v_predictor_540p.safetensors"
+WORKFLOW_HV15_DIT = "hunyuanvideo1.5_480p_i2v_step_distilled_fp16.safetensors"
+WORKFLOW_HV15_PREDICTOR = "hyvideo15_i2v_predictor_480p.safetensors"
+
+
+def write_workflow_model_files(models_dir: Path) -> None:
+    """Tiny models (as HV10_DIT, HV15_DIT, HV10_PREDICTOR, HV15_PREDICTOR) saved under the workflows' file names."""
+    dits, predictors = models_dir / "diffusion_models", models_dir / "disca"
+    dits.mkdir(parents=True, exist_ok=True)
+    predictors.mkdir(parents=True, exist_ok=True)
+    save_safetensors(str(dits / WORKFLOW_HV10_DIT), tencent_dit_state_dict(ARCH_HV10, double_blocks=1, single_blocks=2), {})
+    save_safetensors(str(dits / WORKFLOW_HV15_DIT), tencent_dit_state_dict(ARCH_HV15, double_blocks=2, single_blocks=0,
+                                                                           guidance=False), {})
+    save_safetensors(str(predictors / WORKFLOW_HV10_PREDICTOR), official_predictor_state_dict(ARCH_HV10), {})
+    save_safetensors(str(predictors / WORKFLOW_HV15_PREDICTOR), official_predictor_state_dict(ARCH_HV15), {})
