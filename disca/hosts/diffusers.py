@@ -95,6 +95,10 @@ class HunyuanVideoHost(nn.Module):
         return self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
     def is_meanflow(self) -> bool:
         if self.arch == ARCH_HV10:
             return self.time_r_in is not None

@@ -1,0 +1,168 @@
+"""Mechanics every stage shares: accelerator setup, the learning rate, checkpoints, divergence stops, reports.
+
+Resume contract: a run's state is (weights, optimiser moments, step, RNG) in `accelerator.save_state`; batches are
+drawn from a generator seeded by (seed, step, rank), so a resumed run draws exactly the batches the uninterrupted
+run would have drawn, with no dataloader position to restore.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+REPORT = "report.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the message says which step, where the checkpoint is and what to change."""
+
+
+class TrainState:
+    """The step counter, saved and restored by accelerate with the rest of the state."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def build_accelerator(config):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, "logs"))
+    return Accelerator(log_with="tensorboard", project_config=project)
+
+
+def base_dtype(accelerator, config) -> torch.dtype:
+    """The frozen DiT's dtype; bf16 weights only work inside bf16 autocast, so require it rather than fail mid-step."""
+    if config.base_dtype == "float32":
+        return torch.float32
+    if accelerator.mixed_precision != "bf16":
+        raise ValueError(f"config key 'base_dtype': bfloat16 needs bf16 autocast; launch with --mixed_precision bf16 "
+                         f"(got mixed_precision={accelerator.mixed_precision!r}) or set base_dtype: float32")
+    return torch.bfloat16
+
+
+def lr_at(step: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to `peak`, then constant: a pure function of the step, so resume needs no scheduler state."""
+    if warmup_steps and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return peak
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:
+    """The batch RNG of one (step, rank): independent of anything that happened before, so resume is exact."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + rank) * 31 + stream)
+
+
+def checkpoint_dir(output_dir: str, step: int) -> str:
+    return os.path.join(output_dir, CHECKPOINTS, f"step_{step}")
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    root = os.path.join(output_dir, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return None
+    steps = [int(name[5:]) for name in os.listdir(root) if name.startswith("step_") and name[5:].isdigit()]
+    return checkpoint_dir(output_dir, max(steps)) if steps else None
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, keep: int) -> str:
+    """Save into a temp folder and rename, so a kill during saving never leaves a half-written step_N behind."""
+    final = checkpoint_dir(output_dir, step)
+    tmp = os.path.join(output_dir, CHECKPOINTS, f"tmp_step_{step}")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp, safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        root = os.path.join(output_dir, CHECKPOINTS)
+        old = sorted((int(n[5:]) for n in os.listdir(root) if n.startswith("step_") and n[5:].isdigit()))[:-keep]
+        for s in old:
+            shutil.rmtree(checkpoint_dir(output_dir, s), ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(accelerator, output_dir: str, state: TrainState) -> None:
+    path = latest_checkpoint(output_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {os.path.join(output_dir, CHECKPOINTS)}; "
+                                "start without --resume or point output_dir at the run to continue")
+    accelerator.load_state(path)
+    logger.info("resumed from %s at step %d", path, state.step)
+
+
+def gather_losses(accelerator, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean of each loss over ranks. One all-gather per step; `.item()` is a device sync point."""
+    names = sorted(losses)
+    stacked = torch.stack([losses[n].detach().float().reshape(()) for n in names]).to(accelerator.device)
+    gathered = accelerator.gather(stacked.unsqueeze(0)).reshape(-1, len(names))
+    return {n: gathered[:, i].mean().item() for i, n in enumerate(names)}
+
+
+def stop_if_diverged(accelerator, config, state: TrainState, values: dict[str, float]) -> None:
+    """A NaN/inf loss on any rank: save a checkpoint (weights are still finite: no update was applied) and stop."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if not bad:
+        return
+    path = save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints + 1)
+    raise TrainingDiverged(
+        f"loss became non-finite at step {state.step} ({bad}); no update was applied and no output file was "
+        f"written. Checkpoint saved to {path}. Lower learning_rate (now {config.learning_rate}), keep grad_clip > 0, "
+        "or check the data and base model for NaNs; then continue with --resume."
+    )
+
+
+def clip_grad(accelerator, module, max_norm: float) -> float:
+    if max_norm <= 0:
+        return float("nan")
+    return float(accelerator.clip_grad_norm_(module.parameters(), max_norm))
+
+
+def max_rank_difference(accelerator, module) -> float:
+    """Largest |difference| of any parameter between this rank and the others (0.0 = replicas identical)."""
+    flat = torch.cat([p.detach().float().reshape(-1) for p in module.parameters()]).to(accelerator.device)
+    gathered = accelerator.gather(flat.unsqueeze(0))
+    return float((gathered - gathered[0:1]).abs().max())
+
+
+def write_report(output_dir: str, report: dict) -> str:
+    path = os.path.join(output_dir, REPORT)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def progress(accelerator, total: int, initial: int, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, disable=not accelerator.is_main_process, dynamic_ncols=True)
+
+
+def flatten_config(config) -> dict:
+    """Tracker-friendly config: tensorboard hparams accept scalars and strings only."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.as_dict().items()}

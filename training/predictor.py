@@ -1,0 +1,315 @@
+"""Stage `predictor`: train a DisCa predictor on trajectories of the frozen distilled DiT (MSE, then GAN).
+
+DisCa (arXiv 2602.05449, §3.2): on a non-anchor step j the predictor maps the current step's embedded tokens and
+the cache C_a of the preceding anchor a (the DiT's last hidden state there) to the DiT's last hidden state at j;
+the DiT's own final layer turns it into the output u_j. Training data are the frozen model's own trajectories:
+
+    x_0 ~ N(0, I);  u_i, C_i = DiT(x_i, sigma_i, r = sigma_{i+1});  x_{i+1} = x_i + (sigma_{i+1} - sigma_i) u_i
+
+For every schedule the run serves (step lists or intervals), each non-anchor step j gives a pair (a(j), j); a sample
+is (x_j, sigma_j, sigma_{j+1}, prompt, C_{a(j)}) -> target u_j (teacher forcing on the DiT's trajectory).
+Phase 1 (mse_steps): L = |u_pred - u_j|^2. Phase 2: L_P = MSE + adv_weight * (-D(fake)), L_D = hinge, with D =
+frozen-DiT features + spectral-norm heads (training/discriminator.py); both players update every GAN step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from disca.formats import ARCH_HV15, base_fingerprint, check_predictor_fits, infer_dit_spec, load_predictor_file
+from disca.hosts.diffusers import DiffusersPredictor, HunyuanVideoHost, load_host, predictor_from_dit
+from disca.schedules import flow_sigmas
+from training import loop
+from training.config import PredictorConfig
+from training.data import load_embeddings, with_image_condition
+from training.discriminator import (FeatureDiscriminator, default_taps, hinge_discriminator_loss, hinge_generator_loss,
+                                    next_sample, trunk_features)
+from training.export import export_predictor, push_to_hub
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Trajectory:
+    """One sampled trajectory of the frozen DiT: per step i, the input x_i, the output u_i and the cache C_i."""
+
+    prompt: int
+    latents: torch.Tensor  # [S, C, F, H, W] inputs x_0 .. x_{S-1}
+    velocities: torch.Tensor  # [S, C_out, F, H, W]
+    caches: tuple[torch.Tensor, ...]  # each [S, L, D]
+
+
+def select_rows(cond: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
+    return {k: v[rows] for k, v in cond.items()}
+
+
+def guidance_for(host: HunyuanVideoHost, scale: float, batch: int, device) -> torch.Tensor | None:
+    return torch.full((batch,), scale, device=device) if host.is_guidance_embedded else None
+
+
+@torch.no_grad()
+def sample_trajectory(host: HunyuanVideoHost, cond_row: dict[str, torch.Tensor], noise: torch.Tensor,
+                      sigmas: torch.Tensor, guidance: float, prompt: int) -> Trajectory:
+    """Euler (MeanFlow: r = next sigma) through the whole schedule, keeping every step's output and cache."""
+    x, inputs, outputs, caches = noise, [], [], []
+    device, dtype = noise.device, noise.dtype
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i].view(1).to(device, dtype)
+        sigma_next = sigmas[i + 1].view(1).to(device, dtype)
+        velocity, cache = host.forward_with_cache(x, sigma, cond_row, sigma_next if host.is_meanflow else None,
+                                                  guidance_for(host, guidance, 1, device))
+        inputs.append(x)
+        outputs.append(velocity)
+        caches.append(cache)
+        x = next_sample(x, velocity, sigma, sigma_next)
+    return Trajectory(prompt, torch.cat(inputs).cpu(), torch.cat(outputs).cpu(),
+                      tuple(torch.cat(parts).cpu() for parts in zip(*caches)))
+
+
+def anchor_pairs(config: PredictorConfig) -> list[tuple[int, int]]:
+    """(anchor a, predicted step j) for every non-anchor step of every schedule, deduplicated."""
+    pairs = set()
+    for schedule in config.anchor_schedules():
+        anchors = sorted(schedule.anchor_steps(config.steps))
+        for step in range(config.steps):
+            if step not in anchors:
+                pairs.add((max(a for a in anchors if a < step), step))
+    return sorted(pairs)
+
+
+def build_pool(host, cond, prompts: list[int], config: PredictorConfig, seed_offset: int, device) -> list[Trajectory]:
+    """Trajectories for `prompts` x trajectories_per_prompt, seeded by (seed, prompt, k): identical on every rank."""
+    sigmas = flow_sigmas(config.steps, config.shift)
+    channels = host.transformer.config.out_channels
+    pool = []
+    for prompt in prompts:
+        for k in range(config.trajectories_per_prompt):
+            generator = torch.Generator().manual_seed(config.seed * 7919 + seed_offset + prompt * 101 + k)
+            noise = torch.randn(1, channels, *config.latent_shape, generator=generator).to(device, host.dtype)
+            pool.append(sample_trajectory(host, select_rows(cond, [prompt]), noise, sigmas, config.guidance, prompt))
+    return pool
+
+
+def draw_batch(pool: list[Trajectory], pairs, cond, sigmas, generator: torch.Generator, size: int, device, dtype) -> dict:
+    picks = [(pool[int(torch.randint(len(pool), (1,), generator=generator))],
+              pairs[int(torch.randint(len(pairs), (1,), generator=generator))]) for _ in range(size)]
+    steps = [j for _, (_, j) in picks]
+    batch = {
+        "latents": torch.stack([t.latents[j] for t, (_, j) in picks]),
+        "target": torch.stack([t.velocities[j] for t, (_, j) in picks]),
+        "anchor_velocity": torch.stack([t.velocities[a] for t, (a, _) in picks]),
+        "cache": tuple(torch.stack([t.caches[c][a] for t, (a, _) in picks]) for c in range(len(pool[0].caches))),
+        "sigma": sigmas[steps],
+        "sigma_next": sigmas[[j + 1 for j in steps]],
+        "cond": select_rows(cond, [t.prompt for t, _ in picks]),
+    }
+    return _to(batch, device, dtype)
+
+
+def _to(value, device, dtype):
+    if isinstance(value, dict):
+        return {k: _to(v, device, dtype) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_to(v, device, dtype) for v in value)
+    return value.to(device, dtype if value.is_floating_point() else None)
+
+
+def _predicted(host, predictor, batch, guidance):
+    return host.predict(predictor, batch["latents"], batch["sigma"], batch["cond"], batch["cache"],
+                        batch["sigma_next"] if host.is_meanflow else None, guidance)
+
+
+@torch.no_grad()
+def evaluate(host, predictor, pool: list[Trajectory], pairs, cond, sigmas, guidance: float, device, dtype) -> dict:
+    """Per-pair mean squared error of the predicted output vs the DiT's, against two training-free baselines:
+    cache reuse (the anchor's last hidden state through the current final layer) and output reuse (u_a)."""
+    totals = {"predictor_mse": 0.0, "cache_reuse_mse": 0.0, "output_reuse_mse": 0.0, "target_power": 0.0}
+    count = 0
+    for trajectory in pool:
+        for anchor, step in pairs:
+            batch = _to({"latents": trajectory.latents[step:step + 1], "target": trajectory.velocities[step:step + 1],
+                         "anchor_velocity": trajectory.velocities[anchor:anchor + 1],
+                         "cache": tuple(c[anchor:anchor + 1] for c in trajectory.caches),
+                         "sigma": sigmas[step:step + 1], "sigma_next": sigmas[step + 1:step + 2],
+                         "cond": select_rows(cond, [trajectory.prompt])}, device, dtype)
+            g = guidance_for(host, guidance, 1, device)
+            target = batch["target"].float()
+            reuse = host.reuse_cache(batch["latents"], batch["sigma"], batch["cond"], batch["cache"],
+                                     batch["sigma_next"] if host.is_meanflow else None, g)
+            totals["predictor_mse"] += (_predicted(host, predictor, batch, g).float() - target).pow(2).mean().item()
+            totals["cache_reuse_mse"] += (reuse.float() - target).pow(2).mean().item()
+            totals["output_reuse_mse"] += (batch["anchor_velocity"].float() - target).pow(2).mean().item()
+            totals["target_power"] += target.pow(2).mean().item()
+            count += 1
+    return {k: v / count for k, v in totals.items()} | {"pairs_evaluated": count}
+
+
+def build_predictor(config: PredictorConfig, host: HunyuanVideoHost) -> DiffusersPredictor:
+    """From `init_predictor` (checked against the base) or from the DiT's last blocks with zero residual gates."""
+    if not config.init_predictor:
+        return predictor_from_dit(host, config.depth)
+    file = load_predictor_file(config.init_predictor)
+    tencent = host.tencent_state_dict()
+    check_predictor_fits(file.spec, infer_dit_spec(tencent, config.model), config.init_predictor)
+    if file.base_fingerprint is not None and file.base_fingerprint != base_fingerprint(tencent):
+        raise ValueError(f"config key 'init_predictor': {config.init_predictor} was trained for another base model "
+                         f"(fingerprint {file.base_fingerprint} != {base_fingerprint(tencent)} of {config.model}); "
+                         "start from the DiT's blocks (init_predictor: '') or give the predictor of this base")
+    predictor = DiffusersPredictor(file.spec)
+    predictor.load_official_state_dict(file.state_dict, config.init_predictor)
+    return predictor
+
+
+FUSION_SLOPE = 0.02  # s * rms(cache): small enough that SiLU is ~linear (quadratic error ~ s/2), large enough for bf16
+
+
+@torch.no_grad()
+def init_fusion_as_cache_passthrough(predictor: DiffusersPredictor, pool: list[Trajectory]) -> None:
+    """Start each fusion MLP at fusion([tokens ‖ C]) ~= C, so (with zero-gated blocks) the untrained predictor *is*
+    the training-free cache-reuse baseline and training only has to learn the correction from the current tokens.
+
+    SiLU(z) = z/2 + z^2/4 + O(z^4) near 0: with Linear 1 = [0 | s I] and Linear 2 = (2/s) I the output is
+    C + s C^2 / 2; s = FUSION_SLOPE / rms(C) keeps that error ~1e-4 of |C|^2 while staying well above bf16 rounding.
+    """
+    fusions = [predictor.fusion_mlp] if predictor.spec.arch != ARCH_HV15 else [predictor.fusion_mlp_img, predictor.fusion_mlp_txt]
+    for fusion, part in zip(fusions, range(len(pool[0].caches) if predictor.spec.arch == ARCH_HV15 else 1)):
+        rms = torch.cat([t.caches[part].float().reshape(-1) for t in pool]).pow(2).mean().sqrt().clamp_min(1e-6)
+        slope = FUSION_SLOPE / float(rms)
+        hidden = fusion[2].weight.shape[0]
+        eye = torch.eye(hidden, dtype=fusion[0].weight.dtype)
+        fusion[0].weight.zero_()
+        fusion[0].weight[:, hidden:] = slope * eye
+        fusion[0].bias.zero_()
+        fusion[2].weight.copy_(eye * (2.0 / slope))
+        fusion[2].bias.zero_()
+
+
+def schedule_metadata(config: PredictorConfig) -> tuple[list | None, list | None]:
+    lists = [sorted(s.anchor_steps(config.steps)) for s in config.anchor_schedules() if s.anchors is not None]
+    intervals = [s.interval for s in config.anchor_schedules() if s.interval is not None]
+    return (lists or None), ([min(intervals), max(intervals)] if intervals else None)
+
+
+def train(config: PredictorConfig, resume: bool = False) -> dict:
+    accelerator = loop.build_accelerator(config)
+    device = accelerator.device
+    torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    dtype = loop.base_dtype(accelerator, config)
+    host = load_host(config.model, dtype).to(device).requires_grad_(False).eval()
+    if config.gradient_checkpointing:
+        host.transformer.enable_gradient_checkpointing()
+    cond = load_embeddings(config.prompts, host.arch)
+    if host.arch == ARCH_HV15:
+        extra = host.transformer.config.in_channels - host.transformer.config.out_channels
+        cond = with_image_condition(cond, extra, config.latent_shape)
+    prompt_count = cond["prompt_embeds"].shape[0]
+    if prompt_count <= config.held_out_prompts:
+        raise ValueError(f"config key 'held_out_prompts': {config.held_out_prompts} held out of {prompt_count} prompts "
+                         f"in {config.prompts} leaves none to train on; add prompts or hold out fewer")
+    train_prompts = list(range(prompt_count - config.held_out_prompts))
+    held_out = list(range(prompt_count - config.held_out_prompts, prompt_count))
+
+    predictor = build_predictor(config, host)
+    with accelerator.autocast():
+        # the pool is a deterministic function of the config, so a resumed run rebuilds the same one
+        pool = build_pool(host, cond, train_prompts, config, 0, device)
+        held_out_pool = build_pool(host, cond, held_out, config, 1_000_000, device)
+    if not config.init_predictor:
+        init_fusion_as_cache_passthrough(predictor, pool)
+    taps = config.disc_taps or default_taps(len(host.main_blocks()))
+    discriminator = FeatureDiscriminator(host.hidden_size, taps, config.disc_width)
+    opt_p = torch.optim.AdamW(predictor.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
+                              weight_decay=config.weight_decay)
+    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=config.disc_learning_rate, betas=(0.0, 0.99))
+    predictor, discriminator, opt_p, opt_d = accelerator.prepare(predictor, discriminator, opt_p, opt_d)
+    state = loop.TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume:
+        loop.resume(accelerator, config.output_dir, state)
+    accelerator.init_trackers("disca_predictor", config=loop.flatten_config(config))
+
+    sigmas = flow_sigmas(config.steps, config.shift)
+    pairs = anchor_pairs(config)
+    logger.info("predictor stage: %d trajectories x %d steps, %d (anchor, step) pairs, taps %s",
+                len(pool), config.steps, len(pairs), list(taps))
+    unwrapped = accelerator.unwrap_model(predictor)
+    if state.step == 0:
+        with accelerator.autocast():
+            initial = evaluate(host, unwrapped, held_out_pool, pairs, cond, sigmas, config.guidance, device, dtype)
+    else:
+        initial = None
+
+    history: list[dict] = []
+    bar = loop.progress(accelerator, config.max_steps, state.step, "predictor")
+    while state.step < config.max_steps:
+        step = state.step
+        gan = step >= config.mse_steps
+        loop.set_lr(opt_p, loop.lr_at(step, config.learning_rate, config.warmup_steps))
+        loop.set_lr(opt_d, loop.lr_at(step - config.mse_steps, config.disc_learning_rate, config.warmup_steps))
+        generator = loop.step_generator(config.seed, step, accelerator.process_index)
+        batch = draw_batch(pool, pairs, cond, sigmas, generator, config.batch_size, device, dtype)
+        g = guidance_for(host, config.guidance, config.batch_size, device)
+        losses = {}
+        with accelerator.autocast():
+            predicted = _predicted(host, predictor, batch, g)
+            losses["mse"] = (predicted.float() - batch["target"].float()).pow(2).mean()
+            loss_p = losses["mse"]
+            if gan:
+                fake = next_sample(batch["latents"], predicted, batch["sigma"], batch["sigma_next"])
+                fake_logits = discriminator(trunk_features(host, taps, fake, batch["sigma_next"], batch["cond"], g))
+                losses["adv"] = hinge_generator_loss(fake_logits)
+                loss_p = loss_p + config.adv_weight * losses["adv"]
+        accelerator.backward(loss_p)
+        if gan:
+            # the predictor loss also reached the heads; the discriminator learns only from its own loss
+            opt_d.zero_grad(set_to_none=True)
+            with accelerator.autocast():
+                with torch.no_grad():
+                    real = next_sample(batch["latents"], batch["target"], batch["sigma"], batch["sigma_next"])
+                    real_features = trunk_features(host, taps, real, batch["sigma_next"], batch["cond"], g)
+                    fake_features = trunk_features(host, taps, fake.detach(), batch["sigma_next"], batch["cond"], g)
+                losses["disc"] = hinge_discriminator_loss(discriminator(real_features), discriminator(fake_features))
+            accelerator.backward(losses["disc"])
+        values = loop.gather_losses(accelerator, losses)
+        loop.stop_if_diverged(accelerator, config, state, values)
+        values["grad_norm"] = loop.clip_grad(accelerator, predictor, config.grad_clip)
+        opt_p.step()
+        opt_p.zero_grad(set_to_none=True)
+        if gan:
+            loop.clip_grad(accelerator, discriminator, config.grad_clip)
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+        state.step += 1
+        history.append({"step": state.step, **values})
+        if state.step % config.log_every == 0 or state.step == config.max_steps:
+            accelerator.log(values, step=state.step)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+        bar.update(1)
+        if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
+            loop.save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints)
+    bar.close()
+
+    rank_difference = loop.max_rank_difference(accelerator, predictor)
+    with accelerator.autocast():
+        final = evaluate(host, unwrapped, held_out_pool, pairs, cond, sigmas, config.guidance, device, dtype)
+    report = {"stage": "predictor", "steps": state.step, "processes": accelerator.num_processes,
+              "held_out_initial": initial, "held_out_final": final, "rank_param_max_abs_diff": rank_difference,
+              "first_losses": history[:3], "last_losses": history[-3:], "taps": list(taps), "pairs": pairs}
+    if accelerator.is_main_process:
+        step_lists, interval_range = schedule_metadata(config)
+        shape = "x".join(str(s) for s in config.latent_shape)
+        out = export_predictor(f"{config.output_dir}/predictor.safetensors", unwrapped, host, step_lists=step_lists,
+                               interval_range=interval_range, resolution=f"latent {shape}",
+                               training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")})
+        report["predictor_file"] = out
+        if config.push_to_hub:
+            report["hub"] = push_to_hub(out, config.push_to_hub)
+        loop.write_report(config.output_dir, report)
+        logger.info("predictor: held-out MSE %.4g (cache reuse %.4g, output reuse %.4g) -> %s", final["predictor_mse"],
+                    final["cache_reuse_mse"], final["output_reuse_mse"], out)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report

@@ -1,0 +1,106 @@
+"""Tiny random HunyuanVideo models and data, for CPU tests and a smoke run of every stage.
+
+`python -m training.tiny --out runs/tiny` writes a tiny Tencent-layout DiT (1.0 or 1.5) and tiny cached text
+embeddings, so `accelerate launch training/train.py --config training/configs/tiny_predictor.yaml` runs in seconds
+and exercises the same code as a full-size run. Widths follow what ComfyUI can load (heads = hidden / 128,
+rotary axes 16/56/56, pooled width 768; 1.5 needs ByT5 width 1472 and vision width 1152 to be detected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from disca.formats import ARCH_HV10, ARCH_HV15, save_safetensors
+from disca.hosts.diffusers import HunyuanVideoHost, _diffusers_classes
+
+TINY_TEXT_DIM = 32
+TINY_CONFIGS = {
+    ARCH_HV10: dict(in_channels=16, out_channels=16, num_attention_heads=1, attention_head_dim=128, num_layers=1,
+                    num_single_layers=2, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+                    guidance_embeds=True, text_embed_dim=TINY_TEXT_DIM, pooled_projection_dim=768,
+                    rope_axes_dim=(16, 56, 56)),
+    ARCH_HV15: dict(in_channels=65, out_channels=32, num_attention_heads=1, attention_head_dim=128, num_layers=3,
+                    num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, text_embed_dim=TINY_TEXT_DIM,
+                    text_embed_2_dim=1472, image_embed_dim=1152, rope_axes_dim=(16, 56, 56), use_meanflow=False),
+}
+# latent frames/height/width of the tiny problems: 1.0 has a 2x2 patch, 1.5 a 1x1 patch
+TINY_LATENT = {ARCH_HV10: (2, 8, 8), ARCH_HV15: (1, 4, 4)}
+
+
+def randomize_(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.nn.Module:
+    """Fill every parameter with N(0, std) (norm scales around 1), so zero-initialised weights cannot hide a key-map bug."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(module.named_parameters()):
+            value = torch.randn(param.shape, generator=generator) * std
+            if "norm" in name and name.endswith("weight") and param.ndim == 1:
+                value += 1.0
+            param.copy_(value)
+    return module
+
+
+def tiny_host(arch: str = ARCH_HV10, seed: int = 0, guidance: bool | None = None, **overrides) -> HunyuanVideoHost:
+    """A tiny random diffusers DiT; `guidance` toggles the 1.0 guidance embedder."""
+    config = dict(TINY_CONFIGS[arch], **overrides)
+    if guidance is not None and arch == ARCH_HV10:
+        config["guidance_embeds"] = guidance
+    torch.manual_seed(seed)
+    return HunyuanVideoHost(randomize_(_diffusers_classes()[arch](**config), seed))
+
+
+def tiny_conditioning(arch: str, count: int, seed: int, text_len: int = 8, padded: bool = True) -> dict[str, torch.Tensor]:
+    """Random cached prompt embeddings in our cache format (see training.data); the last prompts get padded masks."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(count, text_len, dtype=torch.int64)
+    if padded:
+        for i in range(count):
+            mask[i, text_len - (i % 3):] = 0
+    cond = {"prompt_embeds": torch.randn(count, text_len, TINY_TEXT_DIM, generator=generator), "prompt_mask": mask}
+    if arch == ARCH_HV10:
+        cond["pooled_embeds"] = torch.randn(count, 768, generator=generator)
+    else:
+        cond["byt5_embeds"] = torch.randn(count, 4, 1472, generator=generator)
+        cond["byt5_mask"] = torch.ones(count, 4, dtype=torch.int64)
+        cond["image_embeds"] = torch.randn(count, 3, 1152, generator=generator)
+        in_extra = TINY_CONFIGS[arch]["in_channels"] - TINY_CONFIGS[arch]["out_channels"]
+        cond["image_latents"] = torch.randn(count, in_extra, *TINY_LATENT[arch], generator=generator)
+    return cond
+
+
+def tiny_latents(arch: str, count: int, seed: int) -> torch.Tensor:
+    """Structured 'video' latents (smooth blobs, not white noise), so a tiny flow has something to learn."""
+    generator = torch.Generator().manual_seed(seed)
+    channels = TINY_CONFIGS[arch]["out_channels"]
+    frames, height, width = TINY_LATENT[arch]
+    grid_y = torch.linspace(-1, 1, height).view(1, 1, 1, height, 1)
+    grid_x = torch.linspace(-1, 1, width).view(1, 1, 1, 1, width)
+    centre = torch.rand(count, 2, generator=generator) * 1.2 - 0.6
+    blob = torch.exp(-((grid_y - centre[:, 0].view(-1, 1, 1, 1, 1)) ** 2 + (grid_x - centre[:, 1].view(-1, 1, 1, 1, 1)) ** 2) * 4)
+    colour = torch.randn(count, channels, 1, 1, 1, generator=generator)
+    return (colour * blob).expand(count, channels, frames, height, width).contiguous()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from training.data import save_embeddings, save_latents
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder to write tiny_dit.safetensors and data into")
+    parser.add_argument("--arch", default=ARCH_HV10, choices=(ARCH_HV10, ARCH_HV15))
+    parser.add_argument("--prompts", type=int, default=8)
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    host = tiny_host(args.arch)
+    if args.arch == ARCH_HV10:
+        host.add_time_r_embedder()
+    save_safetensors(os.path.join(args.out, "tiny_dit.safetensors"), host.tencent_state_dict(), {})
+    save_embeddings(os.path.join(args.out, "prompts.safetensors"), args.arch, tiny_conditioning(args.arch, args.prompts, 1))
+    save_embeddings(os.path.join(args.out, "negative.safetensors"), args.arch, tiny_conditioning(args.arch, 1, 2))
+    save_latents(os.path.join(args.out, "latents.safetensors"), tiny_latents(args.arch, args.prompts, 3))
+    print(f"wrote a tiny {args.arch} DiT and data to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
