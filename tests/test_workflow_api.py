@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -168,6 +169,21 @@ def test_dangling_link_is_refused():
     graph["links"].pop()
     with pytest.raises(WorkflowError, match="link 2 is referenced by a node but missing"):
         ui_to_api(graph, DEFS)
+
+
+def test_stub_shapes_match_the_tiny_models():
+    """tests/comfyui_stubs runs inside the ComfyUI server without tests/ on sys.path, so its constants are checked here."""
+    import tiny_models
+
+    constants = {}
+    for statement in ast.parse((Path(__file__).resolve().parent / "comfyui_stubs" / "__init__.py").read_text()).body:
+        if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
+            try:
+                constants[statement.targets[0].id] = ast.literal_eval(statement.value)
+            except ValueError:
+                continue
+    for name in ("TEXT_DIM", "POOLED_DIM", "VISION_DIM"):
+        assert constants[name] == getattr(tiny_models, name), name
 
 
 # ---- the shipped workflow files (structure only; tests/test_comfyui_workflows.py runs them in ComfyUI)
