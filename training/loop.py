@@ -166,3 +166,34 @@ def progress(accelerator, total: int, initial: int, description: str):
 def flatten_config(config) -> dict:
     """Tracker-friendly config: tensorboard hparams accept scalars and strings only."""
     return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.as_dict().items()}
+
+
+def run_single_model_stage(accelerator, config, state: TrainState, model, optimizer, compute_losses, name: str) -> list[dict]:
+    """The nanoGPT-style loop the distillation stages share: lr(step), losses, divergence stop, clip, step, log, save.
+
+    `compute_losses(step, generator)` returns a dict of scalar tensors; its "loss" entry is back-propagated, the
+    others are logged. Returns the per-step history of this process's run (after a resume: from the resumed step).
+    """
+    history: list[dict] = []
+    bar = progress(accelerator, config.max_steps, state.step, name)
+    while state.step < config.max_steps:
+        step = state.step
+        set_lr(optimizer, lr_at(step, config.learning_rate, config.warmup_steps))
+        with accelerator.autocast():
+            losses = compute_losses(step, step_generator(config.seed, step, accelerator.process_index))
+        accelerator.backward(losses["loss"])
+        values = gather_losses(accelerator, losses)
+        stop_if_diverged(accelerator, config, state, values)
+        values["grad_norm"] = clip_grad(accelerator, model, config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        history.append({"step": state.step, **values})
+        if state.step % config.log_every == 0 or state.step == config.max_steps:
+            accelerator.log(values, step=state.step)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+        bar.update(1)
+        if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
+            save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints)
+    bar.close()
+    return history

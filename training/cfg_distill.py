@@ -1,0 +1,117 @@
+"""Stage `cfg_distill`: fold classifier-free guidance into a guidance-embedded student (`guidance_in`).
+
+For bases that are not guidance-distilled (HunyuanVideo-1.0's public weights already are: skip this stage there).
+The student S gets a guidance embedder (zero last linear, so S = T at init) and learns, for w ~ U[w_min, w_max]:
+
+    x_t = (1 - t) x_0 + t eps,  t = shift(s), s ~ U(0, 1)
+    L = | S(x_t, t, c, w) - sg[ T(x_t, t, neg) + w (T(x_t, t, c) - T(x_t, t, neg)) ] |^2
+
+the standard guidance-distillation objective (Meng et al., arXiv 2210.03142; distillation.md §5).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from disca.formats import ARCH_HV15
+from disca.hosts.diffusers import load_host
+from training import loop
+from training.config import CFGDistillConfig
+from training.data import load_embeddings, load_latents, with_image_condition
+from training.export import export_dit, push_to_hub
+from training.predictor import select_rows
+
+EVAL_BATCH = 8
+
+
+def guided_velocity(teacher, x_t, t, cond, negative, scale: torch.Tensor) -> torch.Tensor:
+    """T(neg) + w (T(c) - T(neg)) with w: [B]; both branches in one batched call."""
+    batch = x_t.shape[0]
+    both = {k: torch.cat([cond[k], negative[k]]) for k in cond}
+    with torch.no_grad():
+        out = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), both)
+    positive, uncond = out[:batch], out[batch:]
+    return uncond + scale.view(-1, *([1] * (x_t.ndim - 1))) * (positive - uncond)
+
+
+def train(config: CFGDistillConfig, resume: bool = False) -> dict:
+    accelerator = loop.build_accelerator(config)
+    device = accelerator.device
+    torch.manual_seed(config.seed)
+    teacher = load_host(config.model, loop.base_dtype(accelerator, config)).to(device).requires_grad_(False).eval()
+    if teacher.is_guidance_embedded:
+        raise ValueError(f"config key 'model': {config.model} is already guidance-distilled (it has guidance_in); "
+                         "CFG distillation is for bases without it: go on to the meanflow or predictor stage")
+    student = load_host(config.model, torch.float32)
+    student.add_guidance_embedder()
+    student = student.to(device).train()
+    if config.gradient_checkpointing:
+        student.transformer.enable_gradient_checkpointing()
+    cond = load_embeddings(config.prompts, teacher.arch)
+    negative = load_embeddings(config.negative_prompt, teacher.arch)
+    latents = load_latents(config.latents)
+    if latents.shape[0] != cond["prompt_embeds"].shape[0]:
+        raise ValueError(f"config keys 'latents'/'prompts': {latents.shape[0]} videos vs "
+                         f"{cond['prompt_embeds'].shape[0]} prompts; row i must caption video i")
+    if negative["prompt_embeds"].shape[1:] != cond["prompt_embeds"].shape[1:]:
+        raise ValueError(f"config key 'negative_prompt': its embeddings have shape "
+                         f"{tuple(negative['prompt_embeds'].shape[1:])}, the prompts {tuple(cond['prompt_embeds'].shape[1:])}; "
+                         "encode both with the same max_sequence_length")
+    if teacher.arch == ARCH_HV15:
+        extra = teacher.transformer.config.in_channels - teacher.transformer.config.out_channels
+        cond = with_image_condition(cond, extra, tuple(latents.shape[2:]))
+        negative = with_image_condition(negative, extra, tuple(latents.shape[2:]))
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
+                                  weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(student, optimizer)
+    state = loop.TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume:
+        loop.resume(accelerator, config.output_dir, state)
+    accelerator.init_trackers("disca_cfg_distill", config=loop.flatten_config(config))
+    unwrapped = accelerator.unwrap_model(model)
+
+    def draw(generator: torch.Generator, batch: int):
+        rows = torch.randint(latents.shape[0], (batch,), generator=generator)
+        x0 = latents[rows]
+        s = torch.rand(batch, generator=generator)
+        t = config.shift * s / (1 + (config.shift - 1) * s)
+        scale = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        t_b = t.view(-1, 1, 1, 1, 1)
+        x_t = (1 - t_b) * x0 + t_b * noise
+        rows_cond = {k: v.to(device) for k, v in select_rows(cond, rows).items()}
+        rows_negative = {k: v.expand(batch, *v.shape[1:]).to(device) for k, v in negative.items()}
+        return x_t.to(device), t.to(device), scale.to(device), rows_cond, rows_negative
+
+    def compute_losses(step: int, generator: torch.Generator) -> dict:
+        x_t, t, scale, rows_cond, rows_negative = draw(generator, config.batch_size)
+        target = guided_velocity(teacher, x_t, t, rows_cond, rows_negative, scale).float()
+        prediction = model(x_t, t, rows_cond, None, scale)
+        return {"loss": (prediction.float() - target).pow(2).mean()}
+
+    eval_batch = draw(loop.step_generator(config.seed, 0, 0, stream=1), EVAL_BATCH)
+
+    def evaluate() -> float:
+        x_t, t, scale, rows_cond, rows_negative = eval_batch
+        with torch.no_grad(), accelerator.autocast():
+            target = guided_velocity(teacher, x_t, t, rows_cond, rows_negative, scale).float()
+            return float((unwrapped(x_t, t, rows_cond, None, scale).float() - target).pow(2).mean())
+
+    initial = evaluate() if state.step == 0 else None
+    history = loop.run_single_model_stage(accelerator, config, state, model, optimizer, compute_losses, "cfg_distill")
+    report = {"stage": "cfg_distill", "steps": state.step, "processes": accelerator.num_processes,
+              "eval_mse_initial": initial, "eval_mse_final": evaluate(), "first_losses": history[:3],
+              "last_losses": history[-3:], "rank_param_max_abs_diff": loop.max_rank_difference(accelerator, model)}
+    if accelerator.is_main_process:
+        out = export_dit(os.path.join(config.output_dir, "cfg_distilled_dit.safetensors"), unwrapped,
+                         training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")})
+        report["dit_file"] = out
+        if config.push_to_hub:
+            report["hub"] = push_to_hub(out, config.push_to_hub)
+        loop.write_report(config.output_dir, report)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report
