@@ -297,7 +297,8 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
         final = evaluate(host, unwrapped, held_out_pool, pairs, cond, sigmas, config.guidance, device, dtype)
     report = {"stage": "predictor", "steps": state.step, "processes": accelerator.num_processes,
               "held_out_initial": initial, "held_out_final": final, "rank_param_max_abs_diff": rank_difference,
-              "first_losses": history[:3], "last_losses": history[-3:], "taps": list(taps), "pairs": pairs}
+              "first_losses": history[:3], "last_losses": history[-3:], "taps": list(taps), "pairs": pairs,
+              "mse_curve": [h["mse"] for h in history]}
     if accelerator.is_main_process:
         step_lists, interval_range = schedule_metadata(config)
         shape = "x".join(str(s) for s in config.latent_shape)

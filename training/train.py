@@ -43,4 +43,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     report = main()
-    print(json.dumps({k: v for k, v in report.items() if k.startswith("held_out") or k.endswith("file")}, indent=1))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in report.items() if k.startswith("held_out") or k.endswith("file")}, indent=1))
