@@ -9,6 +9,7 @@ rotary axes 16/56/56, pooled width 768; 1.5 needs ByT5 width 1472 and vision wid
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import torch
@@ -83,23 +84,34 @@ def tiny_latents(arch: str, count: int, seed: int) -> torch.Tensor:
     return (colour * blob).expand(count, channels, frames, height, width).contiguous()
 
 
-def main(argv: list[str] | None = None) -> None:
+def write_tiny_run_files(folder: str, arch: str = ARCH_HV10, prompts: int = 8, meanflow: bool = True,
+                         guidance: bool | None = None, seed: int = 0) -> dict[str, str]:
+    """A tiny Tencent-layout DiT + prompt/negative embeddings + latents in `folder`; returns their paths by config key."""
     from training.data import save_embeddings, save_latents
 
+    os.makedirs(folder, exist_ok=True)
+    host = tiny_host(arch, seed=seed, guidance=guidance)
+    if meanflow:
+        host.add_time_r_embedder()
+    paths = {key: os.path.join(folder, name) for key, name in (
+        ("model", "tiny_dit.safetensors"), ("prompts", "prompts.safetensors"),
+        ("negative_prompt", "negative.safetensors"), ("latents", "latents.safetensors"))}
+    save_safetensors(paths["model"], host.tencent_state_dict(), {})
+    save_embeddings(paths["prompts"], arch, tiny_conditioning(arch, prompts, seed + 1))
+    save_embeddings(paths["negative_prompt"], arch, tiny_conditioning(arch, 1, seed + 2, padded=False))
+    save_latents(paths["latents"], tiny_latents(arch, prompts, seed + 3))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write tiny_dit.safetensors and data into")
     parser.add_argument("--arch", default=ARCH_HV10, choices=(ARCH_HV10, ARCH_HV15))
     parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--no_meanflow", action="store_true", help="write a plain flow DiT (a meanflow/cfg teacher)")
     args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    host = tiny_host(args.arch)
-    if args.arch == ARCH_HV10:
-        host.add_time_r_embedder()
-    save_safetensors(os.path.join(args.out, "tiny_dit.safetensors"), host.tencent_state_dict(), {})
-    save_embeddings(os.path.join(args.out, "prompts.safetensors"), args.arch, tiny_conditioning(args.arch, args.prompts, 1))
-    save_embeddings(os.path.join(args.out, "negative.safetensors"), args.arch, tiny_conditioning(args.arch, 1, 2))
-    save_latents(os.path.join(args.out, "latents.safetensors"), tiny_latents(args.arch, args.prompts, 3))
-    print(f"wrote a tiny {args.arch} DiT and data to {args.out}")
+    paths = write_tiny_run_files(args.out, args.arch, args.prompts, meanflow=not args.no_meanflow)
+    print(json.dumps(paths, indent=1))
 
 
 if __name__ == "__main__":
