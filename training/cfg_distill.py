@@ -105,9 +105,10 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
     report = {"stage": "cfg_distill", "steps": state.step, "processes": accelerator.num_processes,
               "eval_mse_initial": initial, "eval_mse_final": evaluate(), "first_losses": history[:3],
               "last_losses": history[-3:], "rank_param_max_abs_diff": loop.max_rank_difference(accelerator, model)}
+    full_state = accelerator.get_state_dict(model)  # a collective under FSDP: every rank must call it
     if accelerator.is_main_process:
         out = export_dit(os.path.join(config.output_dir, "cfg_distilled_dit.safetensors"), unwrapped,
-                         training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")})
+                         host_state_dict=full_state, training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")})
         report["dit_file"] = out
         if config.push_to_hub:
             report["hub"] = push_to_hub(out, config.push_to_hub)

@@ -19,7 +19,7 @@ import torch
 from disca.formats import (base_fingerprint, build_metadata, check_predictor_fits, infer_dit_spec, load_predictor_file, load_safetensors,
                            read_predictor_state_dict, save_safetensors)
 from disca.hosts.diffusers import DiffusersPredictor, HunyuanVideoHost, load_host
-from disca.hosts.diffusers_keys import diffusers_to_tencent_predictor
+from disca.hosts.diffusers_keys import diffusers_to_tencent_dit, diffusers_to_tencent_predictor
 
 
 def _contiguous(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -43,9 +43,18 @@ def export_predictor(path: str, predictor: DiffusersPredictor, host: HunyuanVide
 
 
 def export_dit(path: str, host: HunyuanVideoHost, *, R: float | None = None, training: dict | None = None,
-               dtype: torch.dtype | None = torch.bfloat16) -> str:
-    """Write the DiT in the merged Tencent layout ComfyUI loads (with time_r_in / guidance_in when present)."""
-    tencent = host.tencent_state_dict()
+               dtype: torch.dtype | None = torch.bfloat16, host_state_dict: dict[str, torch.Tensor] | None = None) -> str:
+    """Write the DiT in the merged Tencent layout ComfyUI loads (with time_r_in / guidance_in when present).
+
+    `host_state_dict`: the full state dict of the host module when its parameters are sharded (FSDP:
+    `accelerator.get_state_dict(model)`, gathered on the main process); by default the host's own weights.
+    """
+    if host_state_dict is None:
+        tencent = host.tencent_state_dict()
+    else:
+        prefix = "transformer."
+        diffusers = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in host_state_dict.items()}
+        tencent = diffusers_to_tencent_dit(diffusers, host.arch)
     metadata = build_metadata("dit", host.arch, base_fingerprint=base_fingerprint(tencent), R=None if R is None else str(R),
                               training=training)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -141,8 +141,15 @@ def clip_grad(accelerator, module, max_norm: float) -> float:
     return float(accelerator.clip_grad_norm_(module.parameters(), max_norm))
 
 
-def max_rank_difference(accelerator, module) -> float:
-    """Largest |difference| of any parameter between this rank and the others (0.0 = replicas identical)."""
+def max_rank_difference(accelerator, module) -> float | None:
+    """Largest |difference| of any parameter between this rank and the others (0.0 = replicas identical).
+
+    None under FSDP, where every rank holds a different shard by design.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return None
     flat = torch.cat([p.detach().float().reshape(-1) for p in module.parameters()]).to(accelerator.device)
     gathered = accelerator.gather(flat.unsqueeze(0))
     return float((gathered - gathered[0:1]).abs().max())

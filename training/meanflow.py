@@ -170,8 +170,9 @@ def train(config: MeanFlowConfig, resume: bool = False) -> dict:
     report = {"stage": "meanflow", "steps": state.step, "eval_mse_initial": initial, "eval_mse_final": evaluate(), "processes": accelerator.num_processes, "R": config.R,
               "derivative": config.derivative, "first_losses": history[:3], "last_losses": history[-3:],
               "rank_param_max_abs_diff": loop.max_rank_difference(accelerator, model)}
+    full_state = accelerator.get_state_dict(model)  # a collective under FSDP: every rank must call it
     if accelerator.is_main_process:
-        out = export_dit(os.path.join(config.output_dir, "meanflow_dit.safetensors"), unwrapped, R=config.R,
+        out = export_dit(os.path.join(config.output_dir, "meanflow_dit.safetensors"), unwrapped, R=config.R, host_state_dict=full_state,
                          training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")})
         report["dit_file"] = out
         if config.push_to_hub:

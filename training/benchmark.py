@@ -1,0 +1,111 @@
+"""Time and memory of one predictor-stage step on a full-size HunyuanVideo-1.0 with random weights (one GPU).
+
+    python -m training.benchmark --latent 33,60,104     # 480x832, 129 frames
+    python -m training.benchmark --latent 33,90,160     # 720x1280, 129 frames
+
+Measures the three costs of `training/predictor.py` at full size: a trajectory step of the frozen bf16 DiT (forward +
+cache), an MSE step (predictor forward + backward) and a GAN step (predictor + discriminator trunk up to the deepest
+tap, backward through the frozen trunk with block checkpointing, plus the discriminator update). Random weights:
+numbers are for speed and memory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from disca.hosts.diffusers import HunyuanVideoHost, predictor_from_dit
+from training.discriminator import (FeatureDiscriminator, default_taps, hinge_discriminator_loss, hinge_generator_loss,
+                                    next_sample, trunk_features)
+
+
+def _timed(fn, repeats: int) -> tuple[float, float]:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats, torch.cuda.max_memory_allocated() / 2**30
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latent", default="33,60,104", help="latent frames,height,width")
+    parser.add_argument("--text_tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    shape = tuple(int(v) for v in args.latent.split(","))
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = HunyuanVideoTransformer3DModel().to(torch.bfloat16)
+    host = HunyuanVideoHost(transformer)
+    host.add_time_r_embedder()
+    host.requires_grad_(False).eval()
+    transformer.enable_gradient_checkpointing()
+    predictor = predictor_from_dit(host).float().to(device)
+    taps = default_taps(len(host.main_blocks()))
+    discriminator = FeatureDiscriminator(host.hidden_size, taps).to(device)
+    opt_p = torch.optim.AdamW(predictor.parameters(), lr=1e-4)
+    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=1e-2)
+    cond = {"prompt_embeds": torch.randn(1, args.text_tokens, 4096, device=device, dtype=torch.bfloat16),
+            "prompt_mask": torch.ones(1, args.text_tokens, dtype=torch.int64, device=device),
+            "pooled_embeds": torch.randn(1, 768, device=device, dtype=torch.bfloat16)}
+    latents = torch.randn(1, 16, *shape, device=device, dtype=torch.bfloat16)
+    sigma, sigma_next, guidance = (torch.tensor([v], device=device) for v in (0.8, 0.75, 6.0))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+
+    with torch.no_grad(), autocast:
+        target, cache = host.forward_with_cache(latents, sigma, cond, sigma_next, guidance)
+
+    def trajectory_step():
+        with torch.no_grad(), autocast:
+            host.forward_with_cache(latents, sigma, cond, sigma_next, guidance)
+
+    def mse_step():
+        with autocast:
+            loss = (host.predict(predictor, latents, sigma, cond, cache, sigma_next, guidance).float() - target.float()).pow(2).mean()
+        loss.backward()
+        opt_p.step()
+        opt_p.zero_grad(set_to_none=True)
+
+    def gan_step():
+        with autocast:
+            predicted = host.predict(predictor, latents, sigma, cond, cache, sigma_next, guidance)
+            fake = next_sample(latents, predicted, sigma, sigma_next)
+            loss = (predicted.float() - target.float()).pow(2).mean() + hinge_generator_loss(
+                discriminator(trunk_features(host, taps, fake, sigma_next, cond, guidance)))
+        loss.backward()
+        opt_d.zero_grad(set_to_none=True)
+        with autocast:
+            with torch.no_grad():
+                real_features = trunk_features(host, taps, next_sample(latents, target, sigma, sigma_next), sigma_next, cond, guidance)
+                fake_features = trunk_features(host, taps, fake.detach(), sigma_next, cond, guidance)
+            d_loss = hinge_discriminator_loss(discriminator(real_features), discriminator(fake_features))
+        d_loss.backward()
+        opt_p.step()
+        opt_d.step()
+        opt_p.zero_grad(set_to_none=True)
+        opt_d.zero_grad(set_to_none=True)
+
+    tokens = shape[0] * (shape[1] // 2) * (shape[2] // 2)
+    result = {"gpu": torch.cuda.get_device_name(), "latent": list(shape), "image_tokens": tokens,
+              "dit_params_b": sum(p.numel() for p in transformer.parameters()) / 1e9,
+              "predictor_params_m": sum(p.numel() for p in predictor.parameters()) / 1e6}
+    for name, fn in (("trajectory_step", trajectory_step), ("mse_step", mse_step), ("gan_step", gan_step)):
+        fn()  # warm-up (kernel selection, allocator)
+        seconds, peak = _timed(fn, args.repeats)
+        result[name] = {"seconds": round(seconds, 3), "peak_gib": round(peak, 1)}
+        print(name, result[name], flush=True)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
