@@ -173,7 +173,9 @@ def encode_prompts(pipe, arch: str, prompts: list[str], max_sequence_length: int
             parts = {"prompt_embeds": embeds, "prompt_mask": mask, "byt5_embeds": embeds_2, "byt5_mask": mask_2,
                      "image_embeds": torch.zeros(len(chunk), *_HV15_T2V_IMAGE_TOKENS)}
         for key, value in parts.items():
-            rows.setdefault(key, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
+            # masks come back in the encoder dtype from the 1.5 pipeline; keep them as integer 0/1 like 1.0's
+            value = value.to(torch.int64) if key.endswith("_mask") else value.float()
+            rows.setdefault(key, []).append(value.cpu())
     return {key: torch.cat(values) for key, values in rows.items()}
 
 
