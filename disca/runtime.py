@@ -66,13 +66,16 @@ class CacheStore:
         self._offload = offload_to_cpu
         self.peak_bytes = 0
 
-    def put(self, uuids: UuidKey, tensors: tuple[torch.Tensor, ...]) -> None:
-        if self._offload:
-            # non_blocking D2H into pinned memory: the copy overlaps the rest of the anchor step
-            tensors = tuple(t.to("cpu", non_blocking=True, copy=True) for t in tensors)
-        # entries of other batchings that share a cond are stale now
+    def discard(self, uuids: UuidKey) -> None:
+        """Drop every entry holding one of these conds. Called before an anchor's full forward, so the stale
+        cache does not sit in memory next to the full step's activations (it would raise the peak)."""
         for key in [k for k in self._entries if set(k) & set(uuids)]:
             del self._entries[key]
+
+    def put(self, uuids: UuidKey, tensors: tuple[torch.Tensor, ...]) -> None:
+        if self._offload:
+            tensors = tuple(t.to("cpu", non_blocking=True, copy=True) for t in tensors)
+        self.discard(uuids)
         self._entries[uuids] = tensors
         self.peak_bytes = max(self.peak_bytes, self.nbytes)
 

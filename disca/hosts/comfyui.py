@@ -6,10 +6,10 @@ How a run goes (DESIGN.md §3), through ComfyUI's public mechanisms only:
 - DIFFUSION_MODEL wrapper (HunyuanVideo._forward): looks up the step from the current sigma.
   Anchor step: the stock forward runs unchanged; a `patches_replace["dit"]` patch on the last block keeps
   a clone of its output as the cache (blocks update tensors in place).
-  Predicted step: the stock forward runs with every block replaced: the patch on double block 0 receives
-  the step's embedded image/text tokens, `vec` (with MeanFlow's r) and rotary embedding, and runs the
-  predictor on them and the cache; every other block passes its input through. ComfyUI's own final layer
-  and unpatchify then produce the output, so no DiT transformer block runs.
+  Predicted step: the stock forward runs with every block replaced by a pass-through, except one that runs
+  the predictor: it receives the step's embedded tokens, `vec` (with MeanFlow's r) and rotary embedding
+  (1.0: the last single block, whose input is [img ‖ txt]; 1.5: double block 0, with img and txt).
+  ComfyUI's own final layer and unpatchify then produce the output, so no DiT transformer block runs.
 
 Imports of `comfy` happen inside functions: this module is imported by the node pack only.
 """
@@ -251,6 +251,7 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
 
 def _full_step(executor, call, run: DisCaRun, setup: DisCaSetup, step: int, uuids: tuple):
     options = call.arguments["transformer_options"]
+    run.cache.discard(uuids)
     started = run.stats.timer.start(call.arguments["x"].device)
     if setup.config.mode == MODE_REUSE_OUTPUT:
         out = executor(*call.args, **call.kwargs)
@@ -287,9 +288,13 @@ def _predicted_step(executor, call, run: DisCaRun, setup: DisCaSetup, step: int,
         out = cached[0]
     else:
         module = executor.class_obj
-        patches = {("double_block", i): _pass_double for i in range(1, len(module.double_blocks))}
+        patches = {("double_block", i): _pass_double for i in range(len(module.double_blocks))}
         patches.update({("single_block", i): _pass_single for i in range(len(module.single_blocks))})
-        patches[("double_block", 0)] = _predictor_patch(setup.predictor, cached)
+        if setup.spec.arch == ARCH_HV10:
+            # after the double blocks the stock forward concatenates [img ‖ txt]: the last single block's input
+            patches[("single_block", len(module.single_blocks) - 1)] = _single_stream_predictor(setup.predictor, cached)
+        else:
+            patches[("double_block", 0)] = _double_stream_predictor(setup.predictor, cached)
         call.arguments["transformer_options"] = _with_block_patches(options, patches)
         out = executor(*call.args, **call.kwargs)
     run.stats.timer.stop("predicted", started)
@@ -313,29 +318,44 @@ def _pass_single(args, extra):
     return {"img": args["img"]}
 
 
-def _predictor_patch(predictor: DisCaPredictor, cached: tuple):
-    """The patch for double block 0 on a predicted step: the predictor replaces the whole block stack."""
+# The predictor patches write the fused tokens into the tensors the stock forward passed in (and still holds),
+# then run the blocks in place on them, as ComfyUI's blocks do: a predicted step then needs no more activation
+# memory than a full step, and DisCa's extra VRAM stays the predictor plus the cache.
+
+
+def _single_stream_predictor(predictor: DisCaPredictor, cached: tuple):
+    """The last single block's patch on a predicted step (HunyuanVideo-1.0): the predictor replaces the stack."""
+    (cache,) = cached
 
     def run_predictor(args, extra):
-        img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
-        mask, options = args["attention_mask"], args["transformer_options"]
-        if predictor.spec.arch == ARCH_HV10:
-            (cache,) = cached
-            tokens = torch.cat((img, txt), dim=1)
-            _check_cache(cache, tokens)
-            x = predictor.fuse_tokens(tokens, cache)
-            for block in predictor.blocks:
-                x = block(x, vec=vec, pe=pe, attn_mask=mask, modulation_dims=args["modulation_dims_img"],
-                          transformer_options=options)
-            return {"img": x[:, :img.shape[1]], "txt": x[:, img.shape[1]:]}
-        cache_img, cache_txt = cached
+        tokens = args["img"]  # [img ‖ txt] embedded tokens of this step
+        _check_cache(cache, tokens)
+        tokens.copy_(predictor.fuse_tokens(tokens, cache))
+        for block in predictor.blocks:
+            tokens = block(tokens, vec=args["vec"], pe=args["pe"], attn_mask=args["attention_mask"],
+                           modulation_dims=args["modulation_dims"], transformer_options=args["transformer_options"])
+        return {"img": tokens}
+
+    return run_predictor
+
+
+def _double_stream_predictor(predictor: DisCaPredictor, cached: tuple):
+    """Double block 0's patch on a predicted step (HunyuanVideo-1.5): the predictor replaces the stack."""
+    cache_img, cache_txt = cached
+
+    def run_predictor(args, extra):
+        img, txt = args["img"], args["txt"]
         _check_cache(cache_img, img)
         _check_cache(cache_txt, txt)
-        img, txt = predictor.fuse_streams(img, txt, cache_img, cache_txt)
+        fused_img, fused_txt = predictor.fuse_streams(img, txt, cache_img, cache_txt)
+        img.copy_(fused_img)
+        txt.copy_(fused_txt)
+        del fused_img, fused_txt
         for block in predictor.blocks:
-            img, txt = block(img=img, txt=txt, vec=vec, pe=pe, attn_mask=mask,
+            img, txt = block(img=img, txt=txt, vec=args["vec"], pe=args["pe"], attn_mask=args["attention_mask"],
                              modulation_dims_img=args["modulation_dims_img"],
-                             modulation_dims_txt=args["modulation_dims_txt"], transformer_options=options)
+                             modulation_dims_txt=args["modulation_dims_txt"],
+                             transformer_options=args["transformer_options"])
         return {"img": img, "txt": txt}
 
     return run_predictor
