@@ -340,3 +340,20 @@ def test_cache_and_predictor_offload_give_the_same_result(comfyui):
     offloaded = comfyui.sample(apply(comfyui, model, predictor, cache_device="cpu", predictor_device="cpu_offload"),
                                noise(ARCH_HV10, 0), sigmas, cond)
     assert torch.equal(reference, offloaded)
+
+
+def test_comfyui_layout_checkpoint_loads_too(comfyui):
+    """Comfy-Org repackages ship ComfyUI's own key names with a model.diffusion_model. prefix: same loader."""
+    from disca.formats import save_safetensors
+
+    model, _ = load(comfyui, ARCH_HV15)
+    state = {f"model.diffusion_model.{k}": v for k, v in model.model.diffusion_model.state_dict().items()}
+    assert "model.diffusion_model.double_blocks.0.img_attn.qkv.weight" in state
+    name = "tiny_hv15_comfy_layout.safetensors"
+    save_safetensors(str(comfyui.models_dir / "diffusion_models" / name), state, {})
+    again, report = comfyui.run_node("DisCaLoadDistilledModel", unet_name=name, weight_dtype="default",
+                                     allow_non_meanflow=False)
+    assert "hunyuan_video_1_5" in report and "MeanFlow" in report
+    sigmas, cond = flow_sigmas(4, 5.0), conditioning(ARCH_HV15, 1)
+    assert torch.equal(comfyui.sample(model, noise(ARCH_HV15, 0), sigmas, cond),
+                       comfyui.sample(again, noise(ARCH_HV15, 0), sigmas, cond))
