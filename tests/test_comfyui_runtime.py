@@ -357,3 +357,14 @@ def test_comfyui_layout_checkpoint_loads_too(comfyui):
     sigmas, cond = flow_sigmas(4, 5.0), conditioning(ARCH_HV15, 1)
     assert torch.equal(comfyui.sample(model, noise(ARCH_HV15, 0), sigmas, cond),
                        comfyui.sample(again, noise(ARCH_HV15, 0), sigmas, cond))
+
+
+def test_applying_disca_twice_replaces_the_first_setup(comfyui):
+    model, predictor = load(comfyui, ARCH_HV10)
+    sigmas, cond = flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1)
+    twice = apply(comfyui, apply(comfyui, model, predictor, interval=4), predictor, interval=2)
+    calls = []
+    add_probe(comfyui, twice, calls)
+    out = comfyui.sample(twice, noise(ARCH_HV10, 0), sigmas, cond)
+    assert [c["blocks"] > 0 for c in calls] == [True, False, True, False]
+    assert torch.equal(out, comfyui.sample(apply(comfyui, model, predictor, interval=2), noise(ARCH_HV10, 0), sigmas, cond))

@@ -172,9 +172,10 @@ def apply_disca(model_patcher, config: DisCaConfig, spec: PredictorSpec | None =
 
     patched = model_patcher.clone()
     patched.model_options["transformer_options"][SETUP_OPTION] = DisCaSetup(config, predictor, spec)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                 _diffusion_model_wrapper)
+    for kind, wrapper in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, _outer_sample_wrapper),
+                          (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, _diffusion_model_wrapper)):
+        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)  # applying DisCa again replaces the earlier setup
+        patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     if predictor is not None and not offload_predictor:
         # ComfyUI loads and offloads it together with the DiT, and counts its memory
         predictor_patcher = comfy.model_patcher.ModelPatcher(
