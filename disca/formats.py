@@ -81,15 +81,18 @@ def load_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
     if not os.path.isfile(path):
         raise DisCaFormatError(f"{path}: file not found")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if len(head) < 8:
-        raise DisCaFormatError(f"{path}: not a safetensors file (only {len(head)} bytes); re-download it")
-    header_len = int.from_bytes(head, "little")
-    if header_len > os.path.getsize(path) - 8 or header_len > 100_000_000:
+        head = f.read(9)
+    # a safetensors file is an 8-byte little-endian header length, then the JSON header itself
+    if len(head) < 9 or head[8:9] != b"{":
+        kind = "a pickle" if head[:1] == b"\x80" else "a zip (torch.save)" if head[:4] == b"PK\x03\x04" else "unknown data"
         raise DisCaFormatError(
-            f"{path}: not a safetensors file (bad header length {header_len}); DisCa loads only .safetensors "
-            "weights, never pickles (.pt/.ckpt/.bin). Convert the file or download the .safetensors release."
+            f"{path}: not a safetensors file (starts like {kind}); DisCa loads only .safetensors weights, never "
+            "pickles (.pt/.ckpt/.bin). Download the .safetensors release or convert the file."
         )
+    header_len, size = int.from_bytes(head[:8], "little"), os.path.getsize(path)
+    if header_len > size - 8:
+        raise DisCaFormatError(f"{path}: truncated (its header needs {header_len} bytes, the file has {size}); "
+                               "re-download it")
     try:
         tensors = {}
         with safe_open(path, framework="pt", device="cpu") as f:

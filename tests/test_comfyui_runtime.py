@@ -368,3 +368,25 @@ def test_applying_disca_twice_replaces_the_first_setup(comfyui):
     out = comfyui.sample(twice, noise(ARCH_HV10, 0), sigmas, cond)
     assert [c["blocks"] > 0 for c in calls] == [True, False, True, False]
     assert torch.equal(out, comfyui.sample(apply(comfyui, model, predictor, interval=2), noise(ARCH_HV10, 0), sigmas, cond))
+
+
+def test_progress_callback_sees_every_step(comfyui):
+    model, predictor = load(comfyui, ARCH_HV10)
+    seen = []
+    comfyui.sample(apply(comfyui, model, predictor), noise(ARCH_HV10, 0), flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1),
+                   callback=lambda step, x0, x, total: seen.append((step, total, tuple(x0.shape))))
+    assert [(s, t) for s, t, _ in seen] == [(0, 4), (1, 4), (2, 4), (3, 4)]  # what the progress bar and previews get
+    assert all(shape == (1, 16, 2, 8, 8) for _, _, shape in seen)
+
+
+def test_damaged_predictor_file_fails_in_the_loader_node(comfyui):
+    good = comfyui.models_dir / "disca" / HV10_PREDICTOR
+    damaged = comfyui.models_dir / "disca" / "damaged_predictor.safetensors"
+    damaged.write_bytes(good.read_bytes()[:1000])
+    # the pack's copy of disca is its own module inside ComfyUI, so match the ValueError base class
+    with pytest.raises(ValueError, match="damaged_predictor.safetensors: truncated"):
+        comfyui.run_node("DisCaLoadPredictor", predictor_name="damaged_predictor.safetensors")
+    pickle = comfyui.models_dir / "disca" / "pickled_predictor.safetensors"
+    pickle.write_bytes(b"\x80\x02}q\x00" + bytes(64))
+    with pytest.raises(ValueError, match="pickled_predictor.safetensors: not a safetensors file"):
+        comfyui.run_node("DisCaLoadPredictor", predictor_name="pickled_predictor.safetensors")

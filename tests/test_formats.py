@@ -81,8 +81,12 @@ def test_not_a_predictor():
 def test_file_errors_name_the_file(tmp_path):
     pickle_like = tmp_path / "predictor.safetensors"
     pickle_like.write_bytes(b"\x80\x04\x95" + os.urandom(64))  # what a torch.save pickle starts with
-    with pytest.raises(DisCaFormatError, match=f"{pickle_like}: not a safetensors file"):
+    with pytest.raises(DisCaFormatError, match=f"{pickle_like}: not a safetensors file \\(starts like a pickle\\)"):
         load_safetensors(str(pickle_like))
+    zipped = tmp_path / "predictor.pt"
+    zipped.write_bytes(b"PK\x03\x04" + os.urandom(64))  # torch.save's zip format
+    with pytest.raises(DisCaFormatError, match="starts like a zip .*never pickles"):
+        load_safetensors(str(zipped))
     good = tmp_path / "good.safetensors"
     save_safetensors(str(good), official_predictor_state_dict(ARCH_HV10), {})
     truncated = tmp_path / "truncated.safetensors"
