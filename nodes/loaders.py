@@ -31,8 +31,9 @@ class DisCaLoadDistilledModel(io.ComfyNode):
                 io.Combo.Input("weight_dtype", options=list(host.WEIGHT_DTYPES), default="default",
                                tooltip="Storage dtype of the weights. 'default' lets ComfyUI pick (bf16 on most GPUs); "
                                        "fp8 halves memory at some quality cost."),
-                io.Boolean.Input("allow_non_meanflow", default=False,
-                                 tooltip="Off: refuse a model without MeanFlow (time_r_in) weights. On: load any "
+                io.Boolean.Input("allow_non_distilled", default=False,
+                                 tooltip="Off: refuse a model that is not MeanFlow-distilled (time_r_in) or, for "
+                                         "HunyuanVideo-1.0, not guidance-distilled (guidance_in). On: load any "
                                          "HunyuanVideo DiT; DisCa also runs on plain flow models, e.g. for comparisons."),
             ],
             outputs=[
@@ -42,9 +43,9 @@ class DisCaLoadDistilledModel(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, unet_name: str, weight_dtype: str, allow_non_meanflow: bool) -> io.NodeOutput:
+    def execute(cls, unet_name: str, weight_dtype: str, allow_non_distilled: bool) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
-        model, spec = host.load_distilled_model(path, weight_dtype, allow_non_meanflow)
+        model, spec = host.load_distilled_model(path, weight_dtype, allow_non_distilled)
         report = f"{unet_name}: {spec.describe()}"
         log.info("DisCa: loaded %s", report)
         return io.NodeOutput(model, report)

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from comfyui_env import requires_comfyui
-from disca.formats import ARCH_HV10, ARCH_HV15, load_safetensors
+from disca.formats import ARCH_HV10, ARCH_HV15, load_safetensors, save_safetensors
 from disca.schedules import flow_sigmas
 from official_reference import predicted_output
+from tiny_models import tencent_dit_state_dict
 from tiny_model_files import (HV10_DIT, HV10_PLAIN_DIT, HV10_PREDICTOR, HV10_PREDICTOR_OTHER_BASE, HV10_PREDICTOR_TP,
                               HV10_PREDICTOR_WIDE, HV15_DIT, HV15_PREDICTOR)
 
@@ -45,7 +46,7 @@ def noise(arch: str, seed: int, batch: int = 1, size: int = 8) -> torch.Tensor:
 
 def load(comfyui, arch: str):
     model, report = comfyui.run_node("DisCaLoadDistilledModel", unet_name=CASES[arch]["dit"], weight_dtype="default",
-                                     allow_non_meanflow=False)
+                                     allow_non_distilled=False)
     predictor = comfyui.run_node("DisCaLoadPredictor", predictor_name=CASES[arch]["predictor"])[0]
     return model, predictor
 
@@ -102,17 +103,22 @@ def test_pack_loads_with_its_nodes(comfyui):
 
 def test_loader_reports_and_refuses_a_plain_model(comfyui):
     model, report = comfyui.run_node("DisCaLoadDistilledModel", unet_name=HV10_DIT, weight_dtype="default",
-                                     allow_non_meanflow=False)
+                                     allow_non_distilled=False)
     assert report == f"{HV10_DIT}: hunyuan_video hidden 128 (1 heads), 1 double + 2 single blocks, MeanFlow, guidance-distilled"
     assert model.model.diffusion_model.time_r_in is not None
-    with pytest.raises(ValueError, match="has no time_r_in weights.*enable allow_non_meanflow"):
-        comfyui.run_node("DisCaLoadDistilledModel", unet_name=HV10_PLAIN_DIT, weight_dtype="default", allow_non_meanflow=False)
+    with pytest.raises(ValueError, match="no time_r_in weights, so it is not MeanFlow-distilled.*enable allow_non_distilled"):
+        comfyui.run_node("DisCaLoadDistilledModel", unet_name=HV10_PLAIN_DIT, weight_dtype="default", allow_non_distilled=False)
     plain, report = comfyui.run_node("DisCaLoadDistilledModel", unet_name=HV10_PLAIN_DIT, weight_dtype="default",
-                                     allow_non_meanflow=True)
+                                     allow_non_distilled=True)
     assert report.endswith("1 double + 2 single blocks, guidance-distilled") and "MeanFlow" not in report
     assert plain.model.diffusion_model.time_r_in is None
+    no_guidance = "tiny_hv10_meanflow_no_guidance.safetensors"
+    save_safetensors(str(comfyui.models_dir / "diffusion_models" / no_guidance), tencent_dit_state_dict(guidance=False), {})
+    with pytest.raises(ValueError, match="no guidance_in weights, so CFG is not distilled"):
+        comfyui.run_node("DisCaLoadDistilledModel", unet_name=no_guidance, weight_dtype="default", allow_non_distilled=False)
+    # HunyuanVideo-1.5 step-distilled models have no guidance embedding: accepted
     _, report15 = comfyui.run_node("DisCaLoadDistilledModel", unet_name=HV15_DIT, weight_dtype="default",
-                                   allow_non_meanflow=False)
+                                   allow_non_distilled=False)
     assert "hunyuan_video_1_5 hidden 128 (1 heads), 2 double + 0 single blocks, MeanFlow" in report15
 
 
@@ -344,15 +350,13 @@ def test_cache_and_predictor_offload_give_the_same_result(comfyui):
 
 def test_comfyui_layout_checkpoint_loads_too(comfyui):
     """Comfy-Org repackages ship ComfyUI's own key names with a model.diffusion_model. prefix: same loader."""
-    from disca.formats import save_safetensors
-
     model, _ = load(comfyui, ARCH_HV15)
     state = {f"model.diffusion_model.{k}": v for k, v in model.model.diffusion_model.state_dict().items()}
     assert "model.diffusion_model.double_blocks.0.img_attn.qkv.weight" in state
     name = "tiny_hv15_comfy_layout.safetensors"
     save_safetensors(str(comfyui.models_dir / "diffusion_models" / name), state, {})
     again, report = comfyui.run_node("DisCaLoadDistilledModel", unet_name=name, weight_dtype="default",
-                                     allow_non_meanflow=False)
+                                     allow_non_distilled=False)
     assert "hunyuan_video_1_5" in report and "MeanFlow" in report
     sigmas, cond = flow_sigmas(4, 5.0), conditioning(ARCH_HV15, 1)
     assert torch.equal(comfyui.sample(model, noise(ARCH_HV15, 0), sigmas, cond),

@@ -80,7 +80,7 @@ WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16,
                  "fp8_e4m3fn": torch.float8_e4m3fn}
 
 
-def load_distilled_model(path: str, weight_dtype: str = "default", allow_non_meanflow: bool = False):
+def load_distilled_model(path: str, weight_dtype: str = "default", allow_non_distilled: bool = False):
     """Load a Tencent-layout HunyuanVideo DiT through ComfyUI's own loader; returns (MODEL, DiTSpec).
 
     The split q/k/v (1.5) and tensor-parallel variants are fused first: ComfyUI's renaming has no rule for
@@ -93,11 +93,17 @@ def load_distilled_model(path: str, weight_dtype: str = "default", allow_non_mea
     tensors, metadata = load_safetensors(path)
     state_dict = normalize_tencent_layout(strip_wrapper_prefix(tensors))
     spec = infer_dit_spec(state_dict, path)
-    if not spec.meanflow and not allow_non_meanflow:
+    problems = []
+    if not spec.meanflow:
+        problems.append("no time_r_in weights, so it is not MeanFlow-distilled")
+    if spec.arch == ARCH_HV10 and not spec.guidance_distilled:
+        # 1.5 step-distilled models fold CFG in by distillation without a guidance embedding; 1.0 ones embed it
+        problems.append("no guidance_in weights, so CFG is not distilled (it needs cond + uncond passes, cfg > 1)")
+    if problems and not allow_non_distilled:
         raise DisCaFormatError(
-            f"{path}: this HunyuanVideo DiT has no time_r_in weights, so it is not a MeanFlow-distilled model "
-            f"({spec.describe()}). DisCa's presets assume a distilled few-step model; to run it anyway (plain flow "
-            "model, e.g. for comparisons) enable allow_non_meanflow."
+            f"{path}: {'; '.join(problems)} ({spec.describe()}). DisCa's presets assume a distilled few-step model; "
+            "to run this one anyway (DisCa also works on plain flow models, e.g. for comparisons) enable "
+            "allow_non_distilled."
         )
     options = {} if WEIGHT_DTYPES[weight_dtype] is None else {"dtype": WEIGHT_DTYPES[weight_dtype]}
     model = comfy.sd.load_diffusion_model_state_dict(state_dict, model_options=options, metadata=metadata or None)
