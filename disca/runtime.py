@@ -74,7 +74,7 @@ class CacheStore:
 
     def put(self, uuids: UuidKey, tensors: tuple[torch.Tensor, ...]) -> None:
         if self._offload:
-            tensors = tuple(t.to("cpu", non_blocking=True, copy=True) for t in tensors)
+            tensors = tuple(_copy_to_host(t) for t in tensors)
         self.discard(uuids)
         self._entries[uuids] = tensors
         self.peak_bytes = max(self.peak_bytes, self.nbytes)
@@ -105,6 +105,15 @@ class CacheStore:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self._entries.values() for t in ts)
+
+
+def _copy_to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """An asynchronous device->host copy into pinned memory: the anchor step does not wait for it, and the copy
+    back to the device on a later step is ordered after it on the same stream."""
+    if tensor.device.type == "cpu":
+        return tensor.clone()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
 
 
 class StepTimer:
