@@ -90,6 +90,7 @@ class PredictorConfig(CommonConfig):
     adv_weight: float = 1.0  # weight of the adversarial term in the predictor loss (paper: 1.0)
     disc_taps: tuple[int, ...] = ()  # DiT block indices whose image tokens feed a head; empty = 3 spread over the depth
     disc_width: int = 256  # hidden width of each spectral-norm head
+    reference_images: str = ""  # 1.5 I2V: image_cache_file written by `training.data encode` (row i = prompt i); empty = text-to-video
 
     def __post_init__(self):
         super().__post_init__()
@@ -115,6 +116,9 @@ class PredictorConfig(CommonConfig):
         _require(self.disc_learning_rate > 0, "disc_learning_rate", f"must be > 0, got {self.disc_learning_rate}")
         _require(self.adv_weight >= 0, "adv_weight", f"must be >= 0, got {self.adv_weight}")
         _require(self.disc_width >= 1, "disc_width", f"must be >= 1, got {self.disc_width}")
+        _require(not self.reference_images or os.path.isfile(self.reference_images), "reference_images",
+                 f"{self.reference_images} is not a file; create it with `python -m training.data encode` from a "
+                 "[[datasets]] image_directory, or leave it empty for text-to-video")
 
     def anchor_schedules(self) -> list[AnchorSchedule]:
         out = []

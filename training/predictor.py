@@ -24,7 +24,7 @@ from disca.hosts.diffusers import DiffusersPredictor, HunyuanVideoHost, load_hos
 from disca.schedules import flow_sigmas
 from training import loop
 from training.config import PredictorConfig
-from training.data import load_embeddings, with_image_condition
+from training.data import DataError, load_embeddings, load_references, with_image_condition
 from training.discriminator import (FeatureDiscriminator, default_taps, hinge_discriminator_loss, hinge_generator_loss,
                                     next_sample, trunk_features)
 from training.export import export_predictor, push_to_hub
@@ -205,7 +205,12 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
     cond = load_embeddings(config.prompts, host.arch)
     if host.arch == ARCH_HV15:
         extra = host.transformer.config.in_channels - host.transformer.config.out_channels
-        cond = with_image_condition(cond, extra, config.latent_shape)
+        references = (load_references(config.reference_images, host.arch, cond["prompt_embeds"].shape[0])
+                      if config.reference_images else None)
+        cond = with_image_condition(cond, extra, config.latent_shape, references)
+    elif config.reference_images:
+        raise DataError(f"config key 'reference_images': {host.arch} takes no reference images (I2V is a "
+                        "HunyuanVideo-1.5 input); leave it empty")
     prompt_count = cond["prompt_embeds"].shape[0]
     if prompt_count <= config.held_out_prompts:
         raise ValueError(f"config key 'held_out_prompts': {config.held_out_prompts} held out of {prompt_count} prompts "

@@ -116,3 +116,82 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------------- data-prep models
+
+TINY_IMAGE_SIZE = 28  # SigLIP input side of the tiny vision encoder: (28 / 14)^2 = 4 image tokens
+TINY_VAE_COMPRESSION = 4  # spatial and temporal compression of the tiny VAEs (full size: 8 or 16, and 4)
+_TINY_WORDS = ("a red fox runs through snow the cat sleeps on sofa city at night sign says hello world "
+               "describe video style light camera system user assistant").split()
+
+
+def _tiny_tokenizer(max_length: int, chat_template: str | None = None):
+    """A WordLevel tokenizer built in memory (no download) in the fast-tokenizer class transformers saves."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(["<pad>", "<unk>", "<eos>", *_TINY_WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
+                                        eos_token="<eos>", model_max_length=max_length)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def tiny_vae(arch: str, seed: int = 0):
+    """A tiny random diffusers VAE of the class the HunyuanVideo pipelines use; latent channels = the tiny DiT's."""
+    from diffusers import AutoencoderKLHunyuanVideo, AutoencoderKLHunyuanVideo15
+
+    torch.manual_seed(seed)
+    if arch == ARCH_HV10:
+        return AutoencoderKLHunyuanVideo(latent_channels=TINY_CONFIGS[arch]["out_channels"], block_out_channels=(8, 8, 8),
+                                         layers_per_block=1, norm_num_groups=4, down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+                                         up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+                                         spatial_compression_ratio=TINY_VAE_COMPRESSION,
+                                         temporal_compression_ratio=TINY_VAE_COMPRESSION)
+    # the 1.5 encoder's shortcut averages groups of block_out_channels[-1] / (2 * latent_channels) channels
+    return AutoencoderKLHunyuanVideo15(latent_channels=TINY_CONFIGS[arch]["out_channels"], block_out_channels=(16, 32, 64),
+                                       layers_per_block=1, spatial_compression_ratio=TINY_VAE_COMPRESSION,
+                                       temporal_compression_ratio=TINY_VAE_COMPRESSION)
+
+
+def write_tiny_pipeline(folder: str, arch: str = ARCH_HV10, seed: int = 0) -> str:
+    """A diffusers pipeline folder with tiny random text encoders, tokenizers, VAE (and, for 1.5, the SigLIP image
+    encoder of the I2V pipeline), in the classes diffusers' HunyuanVideo pipelines load, built offline.
+
+    Widths fit the tiny DiTs: LLM 32 (text_embed_dim), CLIP 768 (pooled), ByT5 1472, SigLIP 1152. No transformer.
+    """
+    from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideoPipeline
+    from transformers import (ByT5Tokenizer, CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, Qwen2_5_VLTextConfig,
+                              Qwen2_5_VLTextModel, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel,
+                              T5Config, T5EncoderModel)
+
+    vocab_size = len(_TINY_WORDS) + 3
+    torch.manual_seed(seed)
+    vae = tiny_vae(arch, seed)
+    if arch == ARCH_HV10:
+        llama = LlamaModel(LlamaConfig(vocab_size=vocab_size, hidden_size=TINY_TEXT_DIM, intermediate_size=64,
+                                       num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=768, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, max_position_embeddings=77, bos_token_id=1, eos_token_id=2,
+                                            pad_token_id=0))
+        pipe = HunyuanVideoPipeline(text_encoder=llama, tokenizer=_tiny_tokenizer(512), transformer=None, vae=vae,
+                                    scheduler=None, text_encoder_2=clip, tokenizer_2=_tiny_tokenizer(77))
+    else:
+        qwen = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+            vocab_size=vocab_size, hidden_size=TINY_TEXT_DIM, intermediate_size=64, num_hidden_layers=3,
+            num_attention_heads=2, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]}))
+        byt5 = T5EncoderModel(T5Config(vocab_size=384, d_model=1472, d_ff=32, d_kv=8, num_layers=1, num_heads=2))
+        siglip = SiglipVisionModel(SiglipVisionConfig(hidden_size=1152, intermediate_size=32, num_hidden_layers=1,
+                                                      num_attention_heads=2, image_size=TINY_IMAGE_SIZE, patch_size=14))
+        chat = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant {% endif %}"
+        pipe = HunyuanVideo15ImageToVideoPipeline(
+            text_encoder=qwen, tokenizer=_tiny_tokenizer(2048, chat), transformer=None, vae=vae, scheduler=None,
+            text_encoder_2=byt5, tokenizer_2=ByT5Tokenizer(), guider=None, image_encoder=siglip,
+            feature_extractor=SiglipImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}))
+    pipe.save_pretrained(folder)
+    return folder
