@@ -210,9 +210,8 @@ def read_dataset_config(path: str) -> tuple[dict, list[dict]]:
         for key in (sources[0], *needed):
             if not entry.get(key):
                 raise DataError(f"{path}: [[datasets]] #{i} ({sources[0]}) needs '{key}'")
-        for key in ("image_directory", "video_directory") if sources[0] != "prompts_file" else ():
-            if resolution is None:
-                raise DataError(f"{path}: [[datasets]] #{i} has a {key}: set [general] resolution = [width, height]")
+        if sources[0] != "prompts_file" and resolution is None:
+            raise DataError(f"{path}: [[datasets]] #{i} has a {sources[0]}: set [general] resolution = [width, height]")
         if sources[0] == "image_directory" and general["arch"] != ARCHES[1]:
             raise DataError(f"{path}: [[datasets]] #{i}: image_directory holds I2V reference images, which only "
                             f"{ARCHES[1]} takes; arch is {general['arch']}")
