@@ -63,15 +63,8 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
         extra = teacher.transformer.config.in_channels - teacher.transformer.config.out_channels
         cond = with_image_condition(cond, extra, tuple(latents.shape[2:]))
         negative = with_image_condition(negative, extra, tuple(latents.shape[2:]))
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
-                                  weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(student, optimizer)
-    state = loop.TrainState()
-    accelerator.register_for_checkpointing(state)
-    if resume:
-        loop.resume(accelerator, config.output_dir, state)
-    accelerator.init_trackers("disca_cfg_distill", config=loop.flatten_config(config))
-    unwrapped = accelerator.unwrap_model(model)
+    model, optimizer, state, unwrapped = loop.prepare_single_model_stage(accelerator, config, student, resume,
+                                                                        "disca_cfg_distill")
 
     def draw(generator: torch.Generator, batch: int):
         rows = torch.randint(latents.shape[0], (batch,), generator=generator)

@@ -194,13 +194,34 @@ def run_single_model_stage(accelerator, config, state: TrainState, model, optimi
         values["grad_norm"] = clip_grad(accelerator, model, config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        history.append({"step": state.step, **values})
-        if state.step % config.log_every == 0 or state.step == config.max_steps:
-            accelerator.log(values, step=state.step)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
-        bar.update(1)
-        if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
-            save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints)
+        finish_step(accelerator, config, state, values, history, bar)
     bar.close()
     return history
+
+
+def finish_step(accelerator, config, state: TrainState, values: dict[str, float], history: list[dict], bar) -> None:
+    """After the optimizer steps: count the step, log it, and checkpoint on schedule (every stage's loop tail)."""
+    state.step += 1
+    history.append({"step": state.step, **values})
+    if state.step % config.log_every == 0 or state.step == config.max_steps:
+        accelerator.log(values, step=state.step)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+    bar.update(1)
+    if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
+        save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints)
+
+
+def prepare_single_model_stage(accelerator, config, student, resume: bool, project: str):
+    """AdamW on the student, `accelerator.prepare`, a checkpointed TrainState, optional resume, trackers.
+
+    Returns (model, optimizer, state, unwrapped student), in accelerate's canonical order.
+    """
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
+                                  weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(student, optimizer)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume:
+        resume(accelerator, config.output_dir, state)
+    accelerator.init_trackers(project, config=flatten_config(config))
+    return model, optimizer, state, accelerator.unwrap_model(model)

@@ -127,15 +127,8 @@ def train(config: MeanFlowConfig, resume: bool = False) -> dict:
     if config.gradient_checkpointing:
         student.transformer.enable_gradient_checkpointing()
     cond, latents = _load_data(config, teacher)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
-                                  weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(student, optimizer)
-    state = loop.TrainState()
-    accelerator.register_for_checkpointing(state)
-    if resume:
-        loop.resume(accelerator, config.output_dir, state)
-    accelerator.init_trackers("disca_meanflow", config=loop.flatten_config(config))
-    unwrapped = accelerator.unwrap_model(model)
+    model, optimizer, state, unwrapped = loop.prepare_single_model_stage(accelerator, config, student, resume,
+                                                                        "disca_meanflow")
 
     def compute_losses(step: int, generator: torch.Generator) -> dict:
         x_t, t, r, rows = _draw(config, cond, latents, generator, device, config.batch_size)

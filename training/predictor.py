@@ -288,14 +288,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
             loop.clip_grad(accelerator, discriminator, config.grad_clip)
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
-        state.step += 1
-        history.append({"step": state.step, **values})
-        if state.step % config.log_every == 0 or state.step == config.max_steps:
-            accelerator.log(values, step=state.step)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
-        bar.update(1)
-        if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
-            loop.save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints)
+        loop.finish_step(accelerator, config, state, values, history, bar)
     bar.close()
 
     rank_difference = loop.max_rank_difference(accelerator, predictor)
