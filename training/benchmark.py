@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     host.requires_grad_(False).eval()
     transformer.enable_gradient_checkpointing()
     predictor = predictor_from_dit(host).float().to(device)
+    predictor.checkpoint_blocks = True  # what `gradient_checkpointing: true` does in the predictor stage
     taps = default_taps(len(host.main_blocks()))
     discriminator = FeatureDiscriminator(host.hidden_size, taps).to(device)
     opt_p = torch.optim.AdamW(predictor.parameters(), lr=1e-4)

@@ -43,7 +43,7 @@ class CommonConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     base_dtype: str = "float32"  # dtype of the frozen DiT copy: bfloat16 halves its memory (needs --mixed_precision bf16)
-    gradient_checkpointing: bool = False  # recompute DiT blocks in backward: less memory, about 30% more time
+    gradient_checkpointing: bool = False  # recompute DiT (and predictor) blocks in backward: less memory, ~30% more time
     checkpoint_every: int = 100  # save accelerate state every N steps (and at the end); resume continues from the last
     keep_checkpoints: int = 2  # how many step_N folders to keep; older ones are deleted
     log_every: int = 10  # tensorboard/progress-bar update period in steps

@@ -219,6 +219,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
     held_out = list(range(prompt_count - config.held_out_prompts, prompt_count))
 
     predictor = build_predictor(config, host)
+    predictor.checkpoint_blocks = config.gradient_checkpointing
     with accelerator.autocast():
         # the pool is a deterministic function of the config, so a resumed run rebuilds the same one
         pool = build_pool(host, cond, train_prompts, config, 0, device)

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from disca.formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, PredictorSpec, infer_dit_spec, load_safetensors,
@@ -433,6 +434,9 @@ class DiffusersPredictor(DisCaPredictor):
             def build_block():
                 return HunyuanVideo15TransformerBlock(spec.num_heads, spec.head_dim, mlp_ratio=mlp_ratio)
         super().__init__(spec, build_block)
+        # recompute each block in backward instead of keeping its activations (the MSE step at 720p and the GAN
+        # step at 480p do not fit an 80 GB GPU without it; see training/results/)
+        self.checkpoint_blocks = False
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, cache: tuple[torch.Tensor, ...], temb: torch.Tensor,
                 attention_mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -443,7 +447,11 @@ class DiffusersPredictor(DisCaPredictor):
         else:
             img, txt = self.fuse_streams(img, txt, cache[0], cache[1])
         for block in self.blocks:
-            img, txt = block(img, txt, temb, attention_mask, rotary)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                img, txt = torch.utils.checkpoint.checkpoint(block, img, txt, temb, attention_mask, rotary,
+                                                             use_reentrant=False)
+            else:
+                img, txt = block(img, txt, temb, attention_mask, rotary)
         return img
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
