@@ -158,7 +158,7 @@ class RunStats:
 
 
 class DisCaRun:
-    """One sampling run. `sample_sigmas` is the schedule the sampler steps through (host floats)."""
+    """One sampling run of `total_steps` sampler steps."""
 
     def __init__(self, config: DisCaConfig, total_steps: int, predictor_bytes: int = 0):
         self.config = config

@@ -1,9 +1,10 @@
 """ComfyUI host: predictor modules built from ComfyUI's own blocks, and the sampling wrappers.
 
 How a run goes (DESIGN.md §3), through ComfyUI's public mechanisms only:
-- OUTER_SAMPLE wrapper: builds a fresh `DisCaRun` from the sampler's sigmas, puts it in a per-run clone of
-  the guider's model_options, logs the summary line and drops the run in `finally`.
-- DIFFUSION_MODEL wrapper (HunyuanVideo._forward): looks up the step from the current sigma.
+- OUTER_SAMPLE wrapper: builds a fresh `DisCaRun` for the sampler's step count, puts it in a per-run clone of
+  the guider's model_options, hooks the sampler's end-of-step callback (the step index), logs the summary
+  line and drops the run in `finally`.
+- DIFFUSION_MODEL wrapper (HunyuanVideo._forward): takes the current step from the run.
   Anchor step: the stock forward runs unchanged; a `patches_replace["dit"]` patch on the last block keeps
   a clone of its output as the cache (blocks update tensors in place).
   Predicted step: the stock forward runs with every block replaced by a pass-through, except one that runs
