@@ -17,21 +17,33 @@ HV10_PREDICTOR_OTHER_BASE = "tiny_hv10_predictor_other_base.safetensors"
 HV15_PREDICTOR = "tiny_hv15_predictor.safetensors"
 
 
+def _hv10_dit():
+    return tencent_dit_state_dict(ARCH_HV10, double_blocks=1, single_blocks=2)
+
+
+def _hv15_dit():
+    return tencent_dit_state_dict(ARCH_HV15, double_blocks=2, single_blocks=0, guidance=False)
+
+
+def _write(models_dir: Path, dits: dict, predictors: dict) -> None:
+    """{file name: state dict or (state dict, metadata)} into models/diffusion_models and models/disca."""
+    for folder, files in (("diffusion_models", dits), ("disca", predictors)):
+        (models_dir / folder).mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            tensors, metadata = content if isinstance(content, tuple) else (content, {})
+            save_safetensors(str(models_dir / folder / name), tensors, metadata)
+
+
 def write_tiny_model_files(models_dir: Path) -> None:
-    dits, predictors = models_dir / "diffusion_models", models_dir / "disca"
-    dits.mkdir(parents=True, exist_ok=True)
-    predictors.mkdir(parents=True, exist_ok=True)
-    save_safetensors(str(dits / HV10_DIT), tencent_dit_state_dict(ARCH_HV10, double_blocks=1, single_blocks=2), {})
-    save_safetensors(str(dits / HV10_PLAIN_DIT), tencent_dit_state_dict(ARCH_HV10, meanflow=False), {})
-    save_safetensors(str(dits / HV15_DIT), tencent_dit_state_dict(ARCH_HV15, double_blocks=2, single_blocks=0,
-                                                                  guidance=False), {})
-    save_safetensors(str(predictors / HV10_PREDICTOR), official_predictor_state_dict(ARCH_HV10), {})
-    save_safetensors(str(predictors / HV10_PREDICTOR_TP), official_predictor_state_dict(ARCH_HV10, layout="tensor_parallel"), {})
-    save_safetensors(str(predictors / HV10_PREDICTOR_WIDE), official_predictor_state_dict(ARCH_HV10, hidden=256, heads=2), {})
-    save_safetensors(str(predictors / HV15_PREDICTOR), official_predictor_state_dict(ARCH_HV15), {})
     other = build_metadata("predictor", ARCH_HV10, base_fingerprint="0123456789abcdef")
     assert other[META_BASE_FINGERPRINT] == "0123456789abcdef"
-    save_safetensors(str(predictors / HV10_PREDICTOR_OTHER_BASE), official_predictor_state_dict(ARCH_HV10), other)
+    _write(models_dir,
+           {HV10_DIT: _hv10_dit(), HV10_PLAIN_DIT: tencent_dit_state_dict(ARCH_HV10, meanflow=False), HV15_DIT: _hv15_dit()},
+           {HV10_PREDICTOR: official_predictor_state_dict(ARCH_HV10),
+            HV10_PREDICTOR_TP: official_predictor_state_dict(ARCH_HV10, layout="tensor_parallel"),
+            HV10_PREDICTOR_WIDE: official_predictor_state_dict(ARCH_HV10, hidden=256, heads=2),
+            HV15_PREDICTOR: official_predictor_state_dict(ARCH_HV15),
+            HV10_PREDICTOR_OTHER_BASE: (official_predictor_state_dict(ARCH_HV10), other)})
 
 
 # The file names the shipped workflows (workflows/*.json) load; tests/test_comfyui_workflows.py runs them on these.
@@ -43,11 +55,6 @@ WORKFLOW_HV15_PREDICTOR = "hyvideo15_i2v_predictor_480p.safetensors"
 
 def write_workflow_model_files(models_dir: Path) -> None:
     """Tiny models (as HV10_DIT, HV15_DIT, HV10_PREDICTOR, HV15_PREDICTOR) saved under the workflows' file names."""
-    dits, predictors = models_dir / "diffusion_models", models_dir / "disca"
-    dits.mkdir(parents=True, exist_ok=True)
-    predictors.mkdir(parents=True, exist_ok=True)
-    save_safetensors(str(dits / WORKFLOW_HV10_DIT), tencent_dit_state_dict(ARCH_HV10, double_blocks=1, single_blocks=2), {})
-    save_safetensors(str(dits / WORKFLOW_HV15_DIT), tencent_dit_state_dict(ARCH_HV15, double_blocks=2, single_blocks=0,
-                                                                           guidance=False), {})
-    save_safetensors(str(predictors / WORKFLOW_HV10_PREDICTOR), official_predictor_state_dict(ARCH_HV10), {})
-    save_safetensors(str(predictors / WORKFLOW_HV15_PREDICTOR), official_predictor_state_dict(ARCH_HV15), {})
+    _write(models_dir, {WORKFLOW_HV10_DIT: _hv10_dit(), WORKFLOW_HV15_DIT: _hv15_dit()},
+           {WORKFLOW_HV10_PREDICTOR: official_predictor_state_dict(ARCH_HV10),
+            WORKFLOW_HV15_PREDICTOR: official_predictor_state_dict(ARCH_HV15)})

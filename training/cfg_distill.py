@@ -11,7 +11,6 @@ the standard guidance-distillation objective (Meng et al., arXiv 2210.03142; dis
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -20,7 +19,7 @@ from disca.hosts.diffusers import load_host
 from training import loop
 from training.config import CFGDistillConfig
 from training.data import load_embeddings, load_latents, with_image_condition
-from training.export import export_dit, push_to_hub
+from training.export import finish_distillation
 from training.predictor import select_rows
 
 EVAL_BATCH = 8
@@ -98,14 +97,4 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
     report = {"stage": "cfg_distill", "steps": state.step, "processes": accelerator.num_processes,
               "eval_mse_initial": initial, "eval_mse_final": evaluate(), "first_losses": history[:3],
               "last_losses": history[-3:], "rank_param_max_abs_diff": loop.max_rank_difference(accelerator, model)}
-    full_state = accelerator.get_state_dict(model)  # a collective under FSDP: every rank must call it
-    if accelerator.is_main_process:
-        out = export_dit(os.path.join(config.output_dir, "cfg_distilled_dit.safetensors"), unwrapped,
-                         host_state_dict=full_state, training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")})
-        report["dit_file"] = out
-        if config.push_to_hub:
-            report["hub"] = push_to_hub(out, config.push_to_hub)
-        loop.write_report(config.output_dir, report)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return report
+    return finish_distillation(accelerator, config, model, unwrapped, report, "cfg_distilled_dit.safetensors")

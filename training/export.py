@@ -42,6 +42,25 @@ def export_predictor(path: str, predictor: DiffusersPredictor, host: HunyuanVide
     return path
 
 
+def finish_distillation(accelerator, config, model, unwrapped: HunyuanVideoHost, report: dict, filename: str,
+                        R: float | None = None) -> dict:
+    """End of a DiT-distillation stage: export the student (every rank joins the FSDP gather), push, write the report."""
+    from training import loop
+
+    full_state = accelerator.get_state_dict(model)  # a collective under FSDP: every rank must call it
+    if accelerator.is_main_process:
+        training = {k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")}
+        out = export_dit(os.path.join(config.output_dir, filename), unwrapped, R=R, host_state_dict=full_state,
+                         training=training)
+        report["dit_file"] = out
+        if config.push_to_hub:
+            report["hub"] = push_to_hub(out, config.push_to_hub)
+        loop.write_report(config.output_dir, report)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report
+
+
 def export_dit(path: str, host: HunyuanVideoHost, *, R: float | None = None, training: dict | None = None,
                dtype: torch.dtype | None = torch.bfloat16, host_state_dict: dict[str, torch.Tensor] | None = None) -> str:
     """Write the DiT in the merged Tencent layout ComfyUI loads (with time_r_in / guidance_in when present).

@@ -26,7 +26,7 @@ from disca.hosts.diffusers import HunyuanVideoHost, load_host
 from training import loop
 from training.config import MeanFlowConfig
 from training.data import load_embeddings, load_latents, with_image_condition
-from training.export import export_dit, push_to_hub
+from training.export import finish_distillation
 from training.predictor import guidance_for, select_rows
 
 logger = logging.getLogger(__name__)
@@ -163,17 +163,7 @@ def train(config: MeanFlowConfig, resume: bool = False) -> dict:
     report = {"stage": "meanflow", "steps": state.step, "eval_mse_initial": initial, "eval_mse_final": evaluate(), "processes": accelerator.num_processes, "R": config.R,
               "derivative": config.derivative, "first_losses": history[:3], "last_losses": history[-3:],
               "rank_param_max_abs_diff": loop.max_rank_difference(accelerator, model)}
-    full_state = accelerator.get_state_dict(model)  # a collective under FSDP: every rank must call it
-    if accelerator.is_main_process:
-        out = export_dit(os.path.join(config.output_dir, "meanflow_dit.safetensors"), unwrapped, R=config.R, host_state_dict=full_state,
-                         training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")})
-        report["dit_file"] = out
-        if config.push_to_hub:
-            report["hub"] = push_to_hub(out, config.push_to_hub)
-        loop.write_report(config.output_dir, report)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return report
+    return finish_distillation(accelerator, config, model, unwrapped, report, "meanflow_dit.safetensors", R=config.R)
 
 
 def calibrate(config: MeanFlowConfig, epsilons: tuple[float, ...] = CALIBRATION_EPSILONS) -> dict:
