@@ -18,7 +18,7 @@ from disca.formats import ARCH_HV15
 from disca.hosts.diffusers import load_host
 from training import loop
 from training.config import CFGDistillConfig
-from training.data import load_embeddings, load_latents, with_image_condition
+from training.data import check_negative_prompt, load_embeddings, load_latents, with_image_condition
 from training.export import finish_distillation
 from training.predictor import select_rows
 
@@ -54,10 +54,7 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
     if latents.shape[0] != cond["prompt_embeds"].shape[0]:
         raise ValueError(f"config keys 'latents'/'prompts': {latents.shape[0]} videos vs "
                          f"{cond['prompt_embeds'].shape[0]} prompts; row i must caption video i")
-    if negative["prompt_embeds"].shape[1:] != cond["prompt_embeds"].shape[1:]:
-        raise ValueError(f"config key 'negative_prompt': its embeddings have shape "
-                         f"{tuple(negative['prompt_embeds'].shape[1:])}, the prompts {tuple(cond['prompt_embeds'].shape[1:])}; "
-                         "encode both with the same max_sequence_length")
+    check_negative_prompt(negative, cond)
     if teacher.arch == ARCH_HV15:
         extra = teacher.transformer.config.in_channels - teacher.transformer.config.out_channels
         cond = with_image_condition(cond, extra, tuple(latents.shape[2:]))

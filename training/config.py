@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from disca.schedules import PRESETS, AnchorSchedule, ScheduleError, parse_step_list
 
-STAGES = ("predictor", "meanflow", "cfg_distill")
+STAGES = ("predictor", "meanflow", "cfg_distill", "flow_matching")
+LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -31,7 +32,7 @@ def _require(condition: bool, key: str, message: str) -> None:
 class CommonConfig:
     """Fields every stage shares."""
 
-    stage: str  # which stage this file configures: predictor | meanflow | cfg_distill
+    stage: str  # which stage this file configures: predictor | meanflow | cfg_distill | flow_matching
     model: str  # the frozen DiT: a diffusers transformer folder or a Tencent-layout .safetensors file
     prompts: str  # cached prompt embeddings written by `python -m training.data encode` (.safetensors)
     output_dir: str  # run folder: checkpoints/, logs/ (tensorboard), report.json and the exported file
@@ -39,7 +40,8 @@ class CommonConfig:
     max_steps: int = 1000  # optimiser steps in total (all phases)
     batch_size: int = 1  # samples per process and step; global batch = batch_size x processes
     learning_rate: float = 1e-4  # peak AdamW learning rate of the trained network
-    warmup_steps: int = 0  # linear warm-up from 0 to learning_rate; 0 = constant from the first step
+    warmup_steps: int = 0  # linear warm-up from 0 to learning_rate; 0 = start at learning_rate
+    lr_schedule: str = "constant"  # after warm-up: 'constant' (fine-tuning) or 'cosine' decay to 0 at max_steps (from scratch)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     base_dtype: str = "float32"  # dtype of the frozen DiT copy: bfloat16 halves its memory (needs --mixed_precision bf16)
@@ -62,6 +64,7 @@ class CommonConfig:
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(0 <= self.warmup_steps <= self.max_steps, "warmup_steps", f"must be in 0..max_steps, got {self.warmup_steps}")
+        _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 disables), got {self.grad_clip}")
         _require(self.base_dtype in DTYPES, "base_dtype", f"must be one of {DTYPES}, got {self.base_dtype!r}")
         _require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
@@ -184,7 +187,26 @@ class CFGDistillConfig(CommonConfig):
         _require(self.shift > 0, "shift", f"must be > 0, got {self.shift}")
 
 
-CONFIG_CLASSES = {"predictor": PredictorConfig, "meanflow": MeanFlowConfig, "cfg_distill": CFGDistillConfig}
+@dataclass(frozen=True, kw_only=True)
+class FlowMatchingConfig(CommonConfig):
+    """Plain flow-matching training of a DiT with prompt dropout: a from-scratch teacher or a fine-tune of a base."""
+
+    latents: str  # cached video latents, [N, C, F, H, W]
+    negative_prompt: str  # cached embedding of the empty/negative prompt (one row): dropped prompts use it, so CFG works
+    prompt_dropout: float = 0.1  # share of samples trained on the negative prompt (the unconditional branch of CFG)
+    shift: float = 1.0  # t = shift*s / (1 + (shift-1)*s), s ~ U(0, 1); > 1 spends more steps at high noise
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.stage == "flow_matching", "stage", f"a flow_matching config needs stage: flow_matching, got {self.stage!r}")
+        _require(os.path.isfile(self.latents), "latents", f"{self.latents} is not a file")
+        _require(os.path.isfile(self.negative_prompt), "negative_prompt", f"{self.negative_prompt} is not a file")
+        _require(0 <= self.prompt_dropout < 1, "prompt_dropout", f"must be in [0, 1), got {self.prompt_dropout}")
+        _require(self.shift > 0, "shift", f"must be > 0, got {self.shift}")
+
+
+CONFIG_CLASSES = {"predictor": PredictorConfig, "meanflow": MeanFlowConfig, "cfg_distill": CFGDistillConfig,
+                  "flow_matching": FlowMatchingConfig}
 
 
 # ---------------------------------------------------------------------------------------------------- parsing

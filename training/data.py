@@ -99,6 +99,14 @@ def load_embeddings(path: str, arch: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def check_negative_prompt(negative: dict[str, torch.Tensor], cond: dict[str, torch.Tensor]) -> None:
+    """The negative prompt replaces or joins prompt rows in one batch, so its token shape must match theirs."""
+    if negative["prompt_embeds"].shape[1:] != cond["prompt_embeds"].shape[1:]:
+        raise ValueError(f"config key 'negative_prompt': its embeddings have shape "
+                         f"{tuple(negative['prompt_embeds'].shape[1:])}, the prompts {tuple(cond['prompt_embeds'].shape[1:])}; "
+                         "encode both with the same max_sequence_length")
+
+
 def with_image_condition(cond: dict[str, torch.Tensor], in_extra_channels: int, latent_shape: tuple[int, int, int],
                          references: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """1.5: the condition channels the DiT concatenates to its input, as diffusers' pipelines build them.

@@ -56,10 +56,13 @@ def base_dtype(accelerator, config) -> torch.dtype:
     return torch.bfloat16
 
 
-def lr_at(step: int, peak: float, warmup_steps: int) -> float:
-    """Linear warm-up to `peak`, then constant: a pure function of the step, so resume needs no scheduler state."""
+def lr_at(step: int, peak: float, warmup_steps: int, schedule: str = "constant", total_steps: int = 0) -> float:
+    """Linear warm-up to `peak`, then constant or cosine to 0 at `total_steps`: a pure function of the step, so
+    resume needs no scheduler state."""
     if warmup_steps and step < warmup_steps:
         return peak * (step + 1) / warmup_steps
+    if schedule == "cosine" and total_steps > warmup_steps:
+        return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
     return peak
 
 
@@ -185,7 +188,7 @@ def run_single_model_stage(accelerator, config, state: TrainState, model, optimi
     bar = progress(accelerator, config.max_steps, state.step, name)
     while state.step < config.max_steps:
         step = state.step
-        set_lr(optimizer, lr_at(step, config.learning_rate, config.warmup_steps))
+        set_lr(optimizer, lr_at(step, config.learning_rate, config.warmup_steps, config.lr_schedule, config.max_steps))
         with accelerator.autocast():
             losses = compute_losses(step, step_generator(config.seed, step, accelerator.process_index))
         accelerator.backward(losses["loss"])

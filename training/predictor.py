@@ -254,7 +254,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
     while state.step < config.max_steps:
         step = state.step
         gan = step >= config.mse_steps
-        loop.set_lr(opt_p, loop.lr_at(step, config.learning_rate, config.warmup_steps))
+        loop.set_lr(opt_p, loop.lr_at(step, config.learning_rate, config.warmup_steps, config.lr_schedule, config.max_steps))
         loop.set_lr(opt_d, loop.lr_at(step - config.mse_steps, config.disc_learning_rate, config.warmup_steps))
         generator = loop.step_generator(config.seed, step, accelerator.process_index)
         batch = draw_batch(pool, pairs, cond, sigmas, generator, config.batch_size, device, dtype)

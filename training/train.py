@@ -3,7 +3,7 @@
     accelerate launch training/train.py --config training/configs/<stage>.yaml [--key value ...] [--resume]
     accelerate launch training/train.py --config training/configs/meanflow.yaml --calibrate   # FD vs exact du/dt
 
-The YAML's `stage` key picks the stage (predictor | meanflow | cfg_distill); flags override YAML keys. `--resume`
+The YAML's `stage` key picks the stage (predictor | meanflow | cfg_distill | flow_matching); flags override YAML keys. `--resume`
 continues the run in `output_dir` from its newest checkpoint, to the same state an uninterrupted run would have.
 """
 
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
         from training.meanflow import calibrate, train
         if args.calibrate:
             return calibrate(config)
+    elif config.stage == "flow_matching":
+        from training.flow_matching import train
     else:
         from training.cfg_distill import train
     if args.calibrate:
