@@ -1,0 +1,446 @@
+"""DisCa-mini, end to end from one seed: data -> classifier -> teacher -> CFG distillation -> MeanFlow (R = 0.2 and
+R = 1.0) -> predictor (MSE, then GAN) -> evaluation -> RESULTS.md, plots and the embedded demo model.
+
+    python -m benchmarks.mini.run --out runs/mini                  # the full run (an H100: ~25 GPU minutes)
+    python -m benchmarks.mini.run --out runs/mini --preset smoke   # the same code on a toy budget (CPU, ~1 minute)
+    python -m benchmarks.mini.run --out runs/mini --stages teacher,cfg_distill   # some stages (the rest must exist)
+
+Every stage writes its result under --out and is skipped when that result exists, so the run can be split over
+several machine leases; every stage is a pure function of the preset and the seed (batches, noises and held-out
+prompts are drawn from fixed generators), so a split run computes what one uninterrupted run computes. The model
+stages are our own `training/` stages, called in process with the configs built here (`stage_configs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmarks.mini.dataset import HELDOUT_SEED, TRAIN_SEED, ClipSpec, from_latents, make_batch, to_latents
+from benchmarks.mini.metrics import (ClassifierTraining, attribute_accuracy, classify, count_dit_calls,
+                                     frechet_distance, load_classifier, psnr, save_classifier, train_classifier)
+from benchmarks.mini.text import TEXT_DIM, encode_prompts, write_prompt_caches
+from disca.hosts.diffusers import HunyuanVideoHost, load_host
+from disca.sampling import distilled, guided, sample_cached, sample_euler
+from disca.schedules import AnchorSchedule, flow_sigmas
+from training.config import build_config
+from training.data import save_latents
+from training.export import export_dit
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("data", "classifier", "teacher", "cfg_distill", "meanflow_R0.2", "meanflow_R1.0", "predictor_mse",
+          "predictor_gan", "predictor_mse_long", "evaluate", "report")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a run depends on besides the code. `full` is the committed run; `smoke` exercises the same path."""
+
+    spec: ClipSpec = ClipSpec(frames=9, size=64)  # 9 frames: motion is plain over 8 steps, half the tokens of 17
+    train_clips: int = 16384
+    held_out: int = 256  # evaluation prompts (split HELDOUT_SEED) and their fixed noises
+    real_reference: int = 1024  # real held-out clips for the Fréchet distance's reference statistics
+    dit: dict = field(default_factory=lambda: dict(num_attention_heads=2, num_layers=2, num_single_layers=3))
+    classifier: ClassifierTraining = ClassifierTraining()
+    classifier_min_accuracy: float = 0.9  # refuse to evaluate with a classifier below this on any attribute
+    shift: float = 2.0  # sampling shift; with it the 10-step schedule's largest interval is 0.18 <= R = 0.2
+    cfg_scale: float = 4.0  # the teacher's guidance; the distilled students are sampled with it embedded
+    teacher: dict = field(default_factory=lambda: dict(max_steps=10000, batch_size=128, learning_rate=3e-4,
+                                                       warmup_steps=500, lr_schedule="cosine", prompt_dropout=0.1))
+    cfg_distill: dict = field(default_factory=lambda: dict(max_steps=3000, batch_size=64, learning_rate=1e-4,
+                                                           warmup_steps=100, lr_schedule="cosine", guidance_min=1.0,
+                                                           guidance_max=7.0))
+    meanflow: dict = field(default_factory=lambda: dict(max_steps=4000, batch_size=64, learning_rate=1e-4,
+                                                        warmup_steps=200, lr_schedule="cosine", boundary_fraction=0.25,
+                                                        derivative="finite_difference", fd_epsilon=1e-3,
+                                                        tangent_warmup_steps=500))
+    predictor_prompts: int = 288  # trajectories for the predictor stage (the last 32 are its own held-out set)
+    predictor: dict = field(default_factory=lambda: dict(batch_size=32, learning_rate=1e-4, disc_learning_rate=1e-3,
+                                                         adv_weight=0.1, held_out_prompts=32))
+    predictor_mse_steps: int = 1500
+    predictor_gan_steps: int = 1500  # GAN phase; `predictor_mse_long` runs as many MSE steps (the control)
+    steps: int = 20  # the deployment schedule DisCa and the training-free caches run on (R-MeanFlow 20 steps)
+    teacher_steps: int = 50
+    eval_batch: int = 64
+
+
+PRESETS = {
+    "full": Preset(),
+    "smoke": Preset(spec=ClipSpec(frames=3, size=32), train_clips=48, held_out=6, real_reference=12,
+                    dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2),
+                    classifier=ClassifierTraining(clips=32, steps=3, batch_size=8), classifier_min_accuracy=0.0,
+                    teacher=dict(max_steps=4, batch_size=4, learning_rate=1e-3, lr_schedule="cosine", prompt_dropout=0.25),
+                    cfg_distill=dict(max_steps=3, batch_size=4, learning_rate=1e-4),
+                    meanflow=dict(max_steps=3, batch_size=4, learning_rate=1e-4, derivative="finite_difference"),
+                    predictor_prompts=6, predictor=dict(batch_size=4, learning_rate=1e-4, adv_weight=0.1,
+                                                        held_out_prompts=2),
+                    predictor_mse_steps=3, predictor_gan_steps=2, steps=8, teacher_steps=6, eval_batch=4),
+}
+# full sizes, a few steps of everything: times each stage on the GPU and runs the whole path once (budgeting `full`)
+PRESETS["probe"] = dataclasses.replace(
+    PRESETS["full"], train_clips=2048, held_out=64, real_reference=256,
+    classifier=ClassifierTraining(clips=1024, steps=100, batch_size=64), classifier_min_accuracy=0.0,
+    teacher=dict(PRESETS["full"].teacher, max_steps=300, warmup_steps=50),
+    cfg_distill=dict(PRESETS["full"].cfg_distill, max_steps=100),
+    meanflow=dict(PRESETS["full"].meanflow, max_steps=100, tangent_warmup_steps=50),
+    predictor_prompts=48, predictor=dict(PRESETS["full"].predictor, held_out_prompts=8),
+    predictor_mse_steps=100, predictor_gan_steps=100)
+SEED = 0
+
+
+# ---------------------------------------------------------------------------------------------------- paths
+
+class Paths:
+    def __init__(self, out: str):
+        self.out = out
+
+    def __getattr__(self, name: str) -> str:
+        files = {
+            "prompts": "data/prompts.safetensors", "negative": "data/negative.safetensors",
+            "latents": "data/latents.safetensors", "predictor_prompts": "data/predictor_prompts.safetensors",
+            "classifier": "classifier.safetensors", "classifier_report": "classifier.json",
+            "init_dit": "init_dit.safetensors", "teacher": "teacher/flow_matching_dit.safetensors",
+            "cfg_distill": "cfg_distill/cfg_distilled_dit.safetensors",
+            "meanflow_R0.2": "meanflow_R0.2/meanflow_dit.safetensors",
+            "meanflow_R1.0": "meanflow_R1.0/meanflow_dit.safetensors",
+            "predictor_mse": "predictor_mse/predictor.safetensors",
+            "predictor_gan": "predictor_gan/predictor.safetensors",
+            "predictor_mse_long": "predictor_mse_long/predictor.safetensors",
+            "evaluate": "results.json", "report": "RESULTS.md",
+        }
+        if name not in files:
+            raise AttributeError(name)
+        return os.path.join(self.out, files[name])
+
+    def folder(self, stage: str) -> str:
+        return os.path.join(self.out, stage)
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+def make_data(preset: Preset, paths: Paths) -> None:
+    """Prompt caches (train + the predictor's subset), the empty negative, and the training latents (fp16)."""
+    folder = os.path.dirname(paths.prompts)
+    write_prompt_caches(folder, preset.train_clips, TRAIN_SEED, preset.spec)
+    write_prompt_caches_subset(paths.prompts, paths.predictor_prompts, preset.predictor_prompts)
+    chunks = []
+    for start in range(0, preset.train_clips, 1024):
+        video, _, _ = make_batch(TRAIN_SEED, range(start, min(start + 1024, preset.train_clips)), preset.spec)
+        chunks.append(to_latents(video).half())
+    save_latents(paths.latents, torch.cat(chunks))
+
+
+def write_prompt_caches_subset(source: str, target: str, count: int) -> None:
+    from disca.formats import ARCH_HV10
+    from training.data import load_embeddings, save_embeddings
+
+    cond = load_embeddings(source, ARCH_HV10)
+    save_embeddings(target, ARCH_HV10, {k: v[:count] for k, v in cond.items()})
+
+
+def make_classifier(preset: Preset, paths: Paths, device: torch.device) -> None:
+    """Fit on real training clips, measure on real held-out clips, refuse to go on if any attribute is weak."""
+    model = train_classifier(preset.classifier, spec=preset.spec, device=device).cpu()
+    video, labels, _ = make_batch(HELDOUT_SEED, range(preset.real_reference), preset.spec)
+    accuracy = attribute_accuracy(classify(model, video)[0], labels)
+    with open(paths.classifier_report, "w") as f:
+        json.dump({"held_out_real_accuracy": accuracy, "clips": preset.real_reference}, f, indent=2)
+    logger.info("classifier accuracy on %d real held-out clips: %s", preset.real_reference, accuracy)
+    weak = {k: v for k, v in accuracy.items() if k != "all" and v < preset.classifier_min_accuracy}
+    if weak:
+        raise RuntimeError(f"the attribute classifier is too weak to judge generated videos: {weak} < "
+                           f"{preset.classifier_min_accuracy} on real held-out clips; fix it before evaluating")
+    save_classifier(paths.classifier, model)
+
+
+def init_dit(preset: Preset, path: str) -> None:
+    """A fresh HunyuanVideo-1.0 DiT (diffusers class) with DiT-style zero init: every modulation and the final
+    projection start at 0, so each block starts as the identity and the first steps are stable."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(SEED)
+    channels = 3 * 16  # to_latents: 4x4 space-to-depth of RGB
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=channels, out_channels=channels, attention_head_dim=128, num_refiner_layers=1, mlp_ratio=4.0,
+        patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=False, text_embed_dim=TEXT_DIM,
+        pooled_projection_dim=768, rope_axes_dim=(16, 56, 56), **preset.dit)
+    with torch.no_grad():
+        for name, module in transformer.named_modules():
+            if name == "proj_out" or name.endswith(("norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear")):
+                module.weight.zero_()
+                module.bias.zero_()
+    export_dit(path, HunyuanVideoHost(transformer), dtype=torch.float32)
+
+
+def stage_configs(preset: Preset, paths: Paths) -> dict[str, dict]:
+    """The `training/` config of every model stage (what `accelerate launch training/train.py` would read)."""
+    common = dict(seed=SEED, log_every=50, checkpoint_every=100_000, keep_checkpoints=1, guidance=preset.cfg_scale)
+    data = dict(prompts=paths.prompts, latents=paths.latents)
+    configs = {
+        "teacher": dict(stage="flow_matching", model=paths.init_dit, negative_prompt=paths.negative,
+                        shift=preset.shift, output_dir=paths.folder("teacher"), **data, **preset.teacher),
+        "cfg_distill": dict(stage="cfg_distill", model=paths.teacher, negative_prompt=paths.negative, shift=preset.shift,
+                            output_dir=paths.folder("cfg_distill"), **data, **preset.cfg_distill),
+    }
+    for R in (0.2, 1.0):
+        configs[f"meanflow_R{R}"] = dict(stage="meanflow", model=paths.cfg_distill, R=R, shift=preset.shift,
+                                         output_dir=paths.folder(f"meanflow_R{R}"), **data, **preset.meanflow)
+    predictor = dict(stage="predictor", model=getattr(paths, "meanflow_R0.2"), prompts=paths.predictor_prompts,
+                     latent_shape=latent_shape(preset), steps=preset.steps, shift=preset.shift,
+                     schedules=("N2", "N3", "N4"), **preset.predictor)
+    mse, gan = preset.predictor_mse_steps, preset.predictor_gan_steps
+    configs["predictor_mse"] = dict(predictor, output_dir=paths.folder("predictor_mse"), max_steps=mse, mse_steps=mse)
+    configs["predictor_gan"] = dict(predictor, output_dir=paths.folder("predictor_gan"), max_steps=gan, mse_steps=0,
+                                    init_predictor=paths.predictor_mse)
+    configs["predictor_mse_long"] = dict(predictor, output_dir=paths.folder("predictor_mse_long"), max_steps=gan,
+                                         mse_steps=gan, init_predictor=paths.predictor_mse)
+    return {name: dict(common, **config) for name, config in configs.items()}
+
+
+def latent_shape(preset: Preset) -> tuple[int, int, int]:
+    return (preset.spec.frames, preset.spec.size // 4, preset.spec.size // 4)
+
+
+def run_training_stage(name: str, raw: dict) -> dict:
+    from training.cfg_distill import train as train_cfg
+    from training.flow_matching import train as train_fm
+    from training.meanflow import train as train_mf
+    from training.predictor import train as train_predictor
+
+    config = build_config(raw, source=f"DisCa-mini stage {name}")
+    train = {"flow_matching": train_fm, "cfg_distill": train_cfg, "meanflow": train_mf, "predictor": train_predictor}[config.stage]
+    started = time.perf_counter()
+    report = train(config)
+    _write_json(os.path.join(config.output_dir, "stage_seconds.json"), {"seconds": time.perf_counter() - started})
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+@dataclass
+class EvalSet:
+    cond: dict[str, torch.Tensor]
+    negative: dict[str, torch.Tensor]
+    labels: dict[str, torch.Tensor]
+    prompts: list[str]
+    noise: torch.Tensor  # [N, 48, F, h, w], one fixed noise per prompt: every row starts from the same noises
+    real_features: torch.Tensor
+
+
+def eval_set(preset: Preset, classifier) -> EvalSet:
+    _, labels, prompts = make_batch(HELDOUT_SEED, range(preset.held_out), preset.spec)
+    real, _, _ = make_batch(HELDOUT_SEED, range(preset.real_reference), preset.spec)
+    generator = torch.Generator().manual_seed(SEED + 12345)
+    noise = torch.randn(preset.held_out, 48, *latent_shape(preset), generator=generator)
+    return EvalSet(encode_prompts(prompts), encode_prompts([""]), labels, prompts, noise, classify(classifier, real)[1])
+
+
+def generate(sampler, evalset: EvalSet, preset: Preset, host: HunyuanVideoHost, device) -> tuple[torch.Tensor, float, float]:
+    """Run `sampler(host, noise, cond)` over the held-out set in batches -> (videos [N, 3, F, H, W] in [-1, 1] on
+    the CPU, DiT rows per video, seconds per video)."""
+    videos, seconds = [], 0.0
+    with count_dit_calls(host.main_blocks()[0]) as counter:
+        for start in range(0, preset.held_out, preset.eval_batch):
+            rows = slice(start, start + preset.eval_batch)
+            cond = {k: v[rows].to(device) for k, v in evalset.cond.items()}
+            noise = evalset.noise[rows].to(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                latents = sampler(host, noise, cond)
+            videos.append(from_latents(latents.float()).clamp(-1, 1).cpu())
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - started
+    return torch.cat(videos), counter.per_video(preset.held_out), seconds / preset.held_out
+
+
+def method_rows(preset: Preset, paths: Paths) -> list[dict]:
+    """Every evaluated configuration: (row name, model file, sampler). Samplers take (host, noise, cond)."""
+    rmf, mf = getattr(paths, "meanflow_R0.2"), getattr(paths, "meanflow_R1.0")
+    g = preset.cfg_scale
+    negative = encode_prompts([""])
+
+    def teacher(host, noise, cond):
+        neg = {k: v.to(noise.device) for k, v in negative.items()}
+        return sample_euler(guided(host, cond, neg, g), noise, flow_sigmas(preset.teacher_steps, preset.shift))
+
+    def plain(steps):
+        return lambda host, noise, cond: sample_euler(distilled(host, cond, g), noise, flow_sigmas(steps, preset.shift))
+
+    def cached(interval, mode, predictor_file=None):
+        anchors = AnchorSchedule(interval=interval).anchor_steps(preset.steps)
+
+        def sampler(host, noise, cond):
+            predictor = load_predictor(predictor_file, host) if predictor_file else None
+            return sample_cached(host, noise, flow_sigmas(preset.steps, preset.shift), cond, anchors, mode=mode,
+                                 predictor=predictor, guidance=g)
+        return sampler
+
+    rows = [dict(name=f"teacher {preset.teacher_steps}x2 (CFG {g})", model=paths.teacher, sampler=teacher, group="teacher"),
+            dict(name="MeanFlow (R=1.0) 10 steps", model=mf, sampler=plain(10), group="meanflow"),
+            dict(name=f"MeanFlow (R=1.0) {preset.steps} steps", model=mf, sampler=plain(preset.steps), group="meanflow")]
+    for steps in (10, preset.steps):
+        rows.append(dict(name=f"R-MeanFlow (R=0.2) {steps} steps", model=rmf, sampler=plain(steps), group="rmeanflow"))
+    for interval in (2, 3, 4):
+        calls = len(AnchorSchedule(interval=interval).anchor_steps(preset.steps))
+        rows.append(dict(name=f"R-MeanFlow {calls} steps (no cache; = DisCa N={interval} calls)", model=rmf,
+                         sampler=plain(calls), group="equal_calls"))
+        rows.append(dict(name=f"output reuse N={interval}", model=rmf, sampler=cached(interval, "reuse_output"), group="training_free"))
+        rows.append(dict(name=f"Taylor-1 N={interval}", model=rmf, sampler=cached(interval, "taylor"), group="training_free"))
+        for stage, label in (("predictor_mse", "MSE"), ("predictor_mse_long", "MSE, +GAN-phase steps as MSE"),
+                             ("predictor_gan", "MSE+GAN")):
+            rows.append(dict(name=f"DisCa N={interval} ({label})", model=rmf, group=stage,
+                             sampler=cached(interval, "predictor", getattr(paths, stage))))
+    for row in rows:
+        row["needs"] = [row["model"], paths.teacher] + ([getattr(paths, row["group"])] if row["group"].startswith("predictor") else [])
+    return rows
+
+
+_PREDICTORS: dict[tuple[str, int], torch.nn.Module] = {}
+
+
+def load_predictor(path: str, host: HunyuanVideoHost):
+    """A predictor file (official layout) -> the diffusers predictor on the host's device, loaded once per host."""
+    from disca.formats import load_predictor_file
+    from disca.hosts.diffusers import DiffusersPredictor
+
+    key = (path, id(host))
+    if key not in _PREDICTORS:
+        file = load_predictor_file(path)
+        predictor = DiffusersPredictor(file.spec)
+        predictor.load_official_state_dict(file.state_dict, path)
+        device = next(host.parameters()).device
+        _PREDICTORS[key] = predictor.to(device).eval()
+    return _PREDICTORS[key]
+
+
+def evaluate(preset: Preset, paths: Paths, device: torch.device) -> bool:
+    """Every row whose weights exist, on the same held-out prompts and noises; rows already in results.json are kept,
+    so a run split over leases adds rows as their models appear. Returns whether every row is done."""
+    from safetensors.torch import load_file, save_file
+
+    classifier = load_classifier(paths.classifier)
+    evalset = eval_set(preset, classifier)
+    results = _read_json(paths.evaluate).get("rows", {})
+    strip_path = os.path.join(paths.out, "strip.safetensors")
+    strip = load_file(strip_path) if os.path.isfile(strip_path) else {}
+    hosts: dict[str, HunyuanVideoHost] = {}
+    teacher_videos, done = None, True
+    for row in method_rows(preset, paths):
+        is_teacher = row["group"] == "teacher"  # always run: its videos are the PSNR reference of the others
+        if row["name"] in results and not is_teacher:
+            continue
+        if not all(os.path.isfile(p) for p in row["needs"]):
+            done = False
+            continue
+        if row["model"] not in hosts:
+            hosts[row["model"]] = load_host(row["model"]).to(device).requires_grad_(False).eval()
+        videos, calls, seconds = generate(row["sampler"], evalset, preset, hosts[row["model"]], device)
+        teacher_videos = videos if is_teacher else teacher_videos
+        predicted, features = classify(classifier, videos)
+        results[row["name"]] = {
+            "group": row["group"], "dit_calls": calls, "seconds_per_video": seconds,
+            "accuracy": attribute_accuracy(predicted, evalset.labels),
+            "frechet_distance": frechet_distance(features, evalset.real_features),
+            "psnr_vs_teacher": float(psnr(videos, teacher_videos).mean()),
+        }
+        strip[row["name"]] = videos[0].contiguous()
+        logger.info("%-50s calls %5.1f  acc(all) %.3f  FD %.2f  PSNR %.2f dB", row["name"], calls,
+                    results[row["name"]]["accuracy"]["all"], results[row["name"]]["frechet_distance"],
+                    results[row["name"]]["psnr_vs_teacher"])
+        _write_json(paths.evaluate, {"rows": results, "prompt_0": evalset.prompts[0], "held_out": preset.held_out,
+                                     "device": device_name(device)})
+        save_file(strip, strip_path)
+    return done
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+def stage_done(stage: str, paths: Paths) -> bool:
+    if stage == "data":
+        return all(os.path.isfile(p) for p in (paths.prompts, paths.negative, paths.latents, paths.predictor_prompts))
+    if stage == "evaluate":
+        return _read_json(paths.evaluate).get("complete", False)
+    return os.path.isfile(getattr(paths, stage))
+
+
+def run(preset_name: str, out: str, stages: tuple[str, ...] = STAGES, device: str | None = None) -> None:
+    preset = PRESETS[preset_name]
+    paths = Paths(out)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "bf16")  # the training stages' autocast
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, "preset.json"), {"name": preset_name, "seed": SEED, **dataclasses.asdict(preset)})
+    configs = stage_configs(preset, paths)
+    for stage in stages:
+        if stage_done(stage, paths):
+            logger.info("stage %s: done already, skipped", stage)
+            continue
+        started = time.perf_counter()
+        logger.info("stage %s ...", stage)
+        if stage == "data":
+            make_data(preset, paths)
+        elif stage == "classifier":
+            make_classifier(preset, paths, device)
+        elif stage == "teacher":
+            if not os.path.isfile(paths.init_dit):
+                init_dit(preset, paths.init_dit)
+            run_training_stage(stage, configs[stage])
+        elif stage in configs:
+            run_training_stage(stage, configs[stage])
+        elif stage == "evaluate":
+            if evaluate(preset, paths, device):
+                results = _read_json(paths.evaluate)
+                _write_json(paths.evaluate, {**results, "complete": True})
+        elif stage == "report":
+            from benchmarks.mini.report import write_report
+            write_report(paths.out, paths.report)
+        logger.info("stage %s: %.1f s", stage, time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/mini", help="run folder (default runs/mini)")
+    parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    args = parser.parse_args(argv)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"--stages: unknown {unknown}; choose from {list(STAGES)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(args.preset, args.out, tuple(s for s in STAGES if s in stages), args.device)
+
+
+if __name__ == "__main__":
+    main()

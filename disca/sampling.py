@@ -1,0 +1,103 @@
+"""Plain sampling loops for hosts without a sampler of their own (the diffusers host: trainer, DisCa-mini, demo).
+
+ComfyUI reaches the same math through its samplers and our wrappers (`disca.hosts.comfyui`); here it is in plain
+sight, k-diffusion style. Flow convention: x_sigma = (1 - sigma) x_0 + sigma eps, the model returns the velocity
+(MeanFlow: the average velocity over [r, t] with r = the next sigma), and one step is
+
+    x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * u_i
+
+A host is any module with `forward(x, sigma, cond, sigma_next, guidance)`, `forward_with_cache(...)` ->
+(velocity, cache), `predict(predictor, x, sigma, cond, cache, sigma_next, guidance)` and the flags `is_meanflow`,
+`is_guidance_embedded` (`disca.hosts.diffusers.HunyuanVideoHost`). sigma, sigma_next and guidance are [B].
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+# how a non-anchor step gets its output in `sample_cached`
+CACHED_MODES = (
+    "predictor",     # DisCa: the learned predictor maps (current tokens, anchor cache) to the last hidden state
+    "reuse_output",  # training-free: the anchor step's output, unchanged (FORA-style reuse)
+    "taylor",        # training-free: first-order extrapolation in sigma from the last two anchors (TaylorSeer-style)
+)
+
+
+def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """x + (sigma_next - sigma) * velocity; x, velocity: [B, ...]; sigma, sigma_next: [B] or scalars."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return x + (torch.as_tensor(sigma_next, device=x.device) - torch.as_tensor(sigma, device=x.device)).reshape(shape) * velocity
+
+
+def _batched(value: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+    return value.to(like.device, like.dtype).reshape(-1).expand(batch)
+
+
+def _r(host, sigma_next: torch.Tensor) -> torch.Tensor | None:
+    return sigma_next if host.is_meanflow else None
+
+
+@torch.no_grad()
+def sample_euler(model: Callable, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Euler through `sigmas` (1D, from ~1 down to 0) with `model(x, sigma[B], sigma_next[B]) -> velocity`."""
+    x, batch = noise, noise.shape[0]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = _batched(sigmas[i], batch, x), _batched(sigmas[i + 1], batch, x)
+        x = euler_step(x, model(x, sigma, sigma_next), sigma, sigma_next)
+    return x
+
+
+def guided(host, cond: dict, negative: dict, scale: float) -> Callable:
+    """Classifier-free guidance on an undistilled host: u = u(neg) + scale (u(c) - u(neg)), both in one batch."""
+    def model(x, sigma, sigma_next):
+        batch = x.shape[0]
+        both = {k: torch.cat([cond[k], negative[k].expand(batch, *negative[k].shape[1:])]) for k in cond}
+        out = host(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
+        positive, uncond = out[:batch], out[batch:]
+        return uncond + scale * (positive - uncond)
+    return model
+
+
+def distilled(host, cond: dict, guidance: float | None = None) -> Callable:
+    """One branch per step: guidance folded in (`guidance_in`), MeanFlow's r = the next sigma."""
+    def model(x, sigma, sigma_next):
+        g = torch.full_like(sigma, guidance) if host.is_guidance_embedded else None
+        return host(x, sigma, cond, _r(host, sigma_next), g)
+    return model
+
+
+@torch.no_grad()
+def sample_cached(host, noise: torch.Tensor, sigmas: torch.Tensor, cond: dict, anchors: Iterable[int], *,
+                  mode: str = "predictor", predictor: torch.nn.Module | None = None,
+                  guidance: float | None = None) -> torch.Tensor:
+    """DisCa's alternation on a distilled host: anchor steps run the full DiT (and refresh the cache), the others
+    get their output from `mode` (CACHED_MODES). Step 0 must be an anchor: nothing is cached before it."""
+    anchors = frozenset(anchors)
+    if 0 not in anchors:
+        raise ValueError(f"anchors {sorted(anchors)} must include step 0: a cached step needs an anchor before it")
+    if mode not in CACHED_MODES:
+        raise ValueError(f"mode must be one of {CACHED_MODES}, got {mode!r}")
+    if mode == "predictor" and predictor is None:
+        raise ValueError("mode 'predictor' needs the predictor module")
+    x, batch = noise, noise.shape[0]
+    cache = None
+    history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sigma, output) of the last two anchors
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = _batched(sigmas[i], batch, x), _batched(sigmas[i + 1], batch, x)
+        g = torch.full_like(sigma, guidance) if host.is_guidance_embedded else None
+        r = _r(host, sigma_next)
+        if i in anchors:
+            velocity, cache = host.forward_with_cache(x, sigma, cond, r, g)
+            history = (history + [(sigma, velocity)])[-2:]
+        elif mode == "predictor":
+            velocity = host.predict(predictor, x, sigma, cond, cache, r, g)
+        elif mode == "reuse_output" or len(history) < 2:
+            velocity = history[-1][1]
+        else:
+            (sigma_b, u_b), (sigma_a, u_a) = history
+            slope = (u_a - u_b) / (sigma_a - sigma_b).reshape(-1, *([1] * (x.ndim - 1)))
+            velocity = u_a + (sigma - sigma_a).reshape(-1, *([1] * (x.ndim - 1))) * slope
+        x = euler_step(x, velocity, sigma, sigma_next)
+    return x
