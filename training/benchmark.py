@@ -6,7 +6,8 @@
 Measures the three costs of `training/predictor.py` at full size: a trajectory step of the frozen bf16 DiT (forward +
 cache), an MSE step (predictor forward + backward) and a GAN step (predictor + discriminator trunk up to the deepest
 tap, backward through the frozen trunk with block checkpointing, plus the discriminator update). Random weights:
-numbers are for speed and memory only.
+numbers are for speed and memory only. Each step's warm-up is printed too; a step that runs out of GPU memory is
+reported with the peak allocated when it failed, and the next step still runs.
 """
 
 from __future__ import annotations
@@ -100,9 +101,18 @@ def main(argv: list[str] | None = None) -> dict:
               "dit_params_b": sum(p.numel() for p in transformer.parameters()) / 1e9,
               "predictor_params_m": sum(p.numel() for p in predictor.parameters()) / 1e6}
     for name, fn in (("trajectory_step", trajectory_step), ("mse_step", mse_step), ("gan_step", gan_step)):
-        fn()  # warm-up (kernel selection, allocator)
-        seconds, peak = _timed(fn, args.repeats)
-        result[name] = {"seconds": round(seconds, 3), "peak_gib": round(peak, 1)}
+        try:
+            seconds, peak = _timed(fn, 1)  # warm-up (kernel selection, allocator); printed in case a repeat is cut off
+            print(name, "warm-up", {"seconds": round(seconds, 3), "peak_gib": round(peak, 1)}, flush=True)
+            seconds, peak = _timed(fn, args.repeats)
+            result[name] = {"seconds": round(seconds, 3), "peak_gib": round(peak, 1)}
+        except torch.OutOfMemoryError as error:
+            # report it and go on: the peak is what was allocated when the failing allocation was asked for
+            result[name] = {"out_of_memory": str(error).split(". ")[0],
+                            "peak_gib_at_failure": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
+            opt_p.zero_grad(set_to_none=True)
+            opt_d.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
         print(name, result[name], flush=True)
     print(json.dumps(result))
     return result
