@@ -64,16 +64,16 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
 
     def draw(generator: torch.Generator, batch: int):
         rows = torch.randint(latents.shape[0], (batch,), generator=generator)
-        x0 = latents[rows]
         s = torch.rand(batch, generator=generator)
-        t = config.shift * s / (1 + (config.shift - 1) * s)
+        t = (config.shift * s / (1 + (config.shift - 1) * s)).to(device)
         scale = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch, generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        x0 = latents[rows].to(device).float()
+        noise = loop.randn_on(x0.shape, generator, device)
         t_b = t.view(-1, 1, 1, 1, 1)
         x_t = (1 - t_b) * x0 + t_b * noise
         rows_cond = {k: v.to(device) for k, v in select_rows(cond, rows).items()}
         rows_negative = {k: v.expand(batch, *v.shape[1:]).to(device) for k, v in negative.items()}
-        return x_t.to(device), t.to(device), scale.to(device), rows_cond, rows_negative
+        return x_t, t, scale.to(device), rows_cond, rows_negative
 
     def compute_losses(step: int, generator: torch.Generator) -> dict:
         x_t, t, scale, rows_cond, rows_negative = draw(generator, config.batch_size)

@@ -85,6 +85,8 @@ class PredictorConfig(CommonConfig):
     shift: float = 5.0  # flow shift of that schedule (official R-MeanFlow T2V: 5.0)
     schedules: tuple[str, ...] = ("t2v_official_10of20", "t2v_official_8of20")  # presets or step lists ("0 2 4 7"); one predictor serves all
     trajectories_per_prompt: int = 1  # noise seeds per training prompt; the pool holds steps x caches per trajectory in memory
+    trajectory_batch: int = 1  # trajectories sampled together when building the pool (more: faster, more memory)
+    pool_on_device: bool = False  # keep the pool in GPU memory (small models: no per-step host copies); default CPU RAM
     held_out_prompts: int = 1  # the last N prompts are never trained on; the final report measures error on them
     depth: int = 2  # predictor blocks (official: 2)
     init_predictor: str = ""  # optional predictor file (official or ours) to start from instead of the DiT's last blocks
@@ -110,6 +112,7 @@ class PredictorConfig(CommonConfig):
                 raise ConfigError(f"config key 'schedules': {error}") from None
             _require(len(anchors) < self.steps, "schedules", f"{schedule.name} makes every one of the {self.steps} "
                      "steps an anchor, so there is nothing to predict; use a sparser list or a larger interval")
+        _require(self.trajectory_batch >= 1, "trajectory_batch", f"must be >= 1, got {self.trajectory_batch}")
         _require(self.trajectories_per_prompt >= 1, "trajectories_per_prompt", f"must be >= 1, got {self.trajectories_per_prompt}")
         _require(self.held_out_prompts >= 1, "held_out_prompts", f"must be >= 1 to measure the result, got {self.held_out_prompts}")
         _require(self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")

@@ -54,15 +54,15 @@ def train(config: FlowMatchingConfig, resume: bool = False) -> dict:
 
     def draw(generator: torch.Generator, batch: int):
         rows = torch.randint(latents.shape[0], (batch,), generator=generator)
-        x0 = latents[rows].float()
         s = torch.rand(batch, generator=generator)
-        t = config.shift * s / (1 + (config.shift - 1) * s)
-        noise = torch.randn(x0.shape, generator=generator)
+        t = (config.shift * s / (1 + (config.shift - 1) * s)).to(device)
         dropped = torch.rand(batch, generator=generator) < config.prompt_dropout
+        x0 = latents[rows].to(device).float()
+        noise = loop.randn_on(x0.shape, generator, device)
         t_b = t.view(-1, 1, 1, 1, 1)
         x_t = (1 - t_b) * x0 + t_b * noise
         rows_cond = drop_prompts(select_rows(cond, rows), negative, dropped)
-        return x_t.to(device), t.to(device), (noise - x0).to(device), {k: v.to(device) for k, v in rows_cond.items()}
+        return x_t, t, noise - x0, {k: v.to(device) for k, v in rows_cond.items()}
 
     def compute_losses(step: int, generator: torch.Generator) -> dict:
         x_t, t, velocity, rows_cond = draw(generator, config.batch_size)

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 
 import torch
 
@@ -74,6 +75,14 @@ def set_lr(optimizer, lr: float) -> None:
 def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:
     """The batch RNG of one (step, rank): independent of anything that happened before, so resume is exact."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + rank) * 31 + stream)
+
+
+def randn_on(shape, generator: torch.Generator, device) -> torch.Tensor:
+    """Gaussian noise made on `device` from a seed drawn from the step's CPU generator: large draws stay off the host
+    (on a GPU, drawing and copying a batch of video noise on the CPU costs more than the training step) and remain a
+    pure function of the step, so resume stays exact."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return torch.randn(shape, generator=torch.Generator(device=device).manual_seed(seed), device=device)
 
 
 def checkpoint_dir(output_dir: str, step: int) -> str:
@@ -170,7 +179,9 @@ def write_report(output_dir: str, report: dict) -> str:
 def progress(accelerator, total: int, initial: int, description: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=description, disable=not accelerator.is_main_process, dynamic_ncols=True)
+    # in a log file (no terminal) a bar line every 30 s, not one per step
+    return tqdm(total=total, initial=initial, desc=description, disable=not accelerator.is_main_process, dynamic_ncols=True,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
 def flatten_config(config) -> dict:

@@ -109,12 +109,12 @@ def _teacher_velocity(teacher: HunyuanVideoHost, x, t, cond, guidance):
 
 def _draw(config, cond, latents, generator, device, batch):
     rows = torch.randint(latents.shape[0], (batch,), generator=generator)
-    x0 = latents[rows]
-    noise = torch.randn(x0.shape, generator=generator)
     t, r = sample_t_r(generator, batch, config.R, config.boundary_fraction, config.shift)
+    t, r = t.to(device), r.to(device)
+    x0 = latents[rows].to(device).float()
+    noise = loop.randn_on(x0.shape, generator, device)
     x_t = (1 - _broadcast(t, x0)) * x0 + _broadcast(t, x0) * noise
-    return (x_t.to(device), t.to(device), r.to(device),
-            {k: v.to(device) for k, v in select_rows(cond, rows).items()})
+    return x_t, t, r, {k: v.to(device) for k, v in select_rows(cond, rows).items()}
 
 
 def train(config: MeanFlowConfig, resume: bool = False) -> dict:

@@ -51,22 +51,24 @@ def guidance_for(host: HunyuanVideoHost, scale: float, batch: int, device) -> to
 
 
 @torch.no_grad()
-def sample_trajectory(host: HunyuanVideoHost, cond_row: dict[str, torch.Tensor], noise: torch.Tensor,
-                      sigmas: torch.Tensor, guidance: float, prompt: int) -> Trajectory:
-    """Euler (MeanFlow: r = next sigma) through the whole schedule, keeping every step's output and cache."""
+def sample_trajectories(host: HunyuanVideoHost, cond_rows: dict[str, torch.Tensor], noise: torch.Tensor,
+                        sigmas: torch.Tensor, guidance: float, prompts: list[int], store) -> list[Trajectory]:
+    """Euler (MeanFlow: r = next sigma) through the whole schedule for a batch of prompts, keeping every step's
+    input, output and cache; one Trajectory per row, its tensors moved to `store` (CPU, or the GPU for small models)."""
     x, inputs, outputs, caches = noise, [], [], []
-    device, dtype = noise.device, noise.dtype
+    batch, device, dtype = noise.shape[0], noise.device, noise.dtype
     for i in range(len(sigmas) - 1):
-        sigma = sigmas[i].view(1).to(device, dtype)
-        sigma_next = sigmas[i + 1].view(1).to(device, dtype)
-        velocity, cache = host.forward_with_cache(x, sigma, cond_row, sigma_next if host.is_meanflow else None,
-                                                  guidance_for(host, guidance, 1, device))
+        sigma = sigmas[i].to(device, dtype).expand(batch)
+        sigma_next = sigmas[i + 1].to(device, dtype).expand(batch)
+        velocity, cache = host.forward_with_cache(x, sigma, cond_rows, sigma_next if host.is_meanflow else None,
+                                                  guidance_for(host, guidance, batch, device))
         inputs.append(x)
         outputs.append(velocity)
         caches.append(cache)
         x = next_sample(x, velocity, sigma, sigma_next)
-    return Trajectory(prompt, torch.cat(inputs).cpu(), torch.cat(outputs).cpu(),
-                      tuple(torch.cat(parts).cpu() for parts in zip(*caches)))
+    inputs, outputs = torch.stack(inputs, 1).to(store), torch.stack(outputs, 1).to(store)
+    caches = tuple(torch.stack(parts, 1).to(store) for parts in zip(*caches))
+    return [Trajectory(prompt, inputs[b], outputs[b], tuple(c[b] for c in caches)) for b, prompt in enumerate(prompts)]
 
 
 def anchor_pairs(config: PredictorConfig) -> list[tuple[int, int]]:
@@ -81,15 +83,19 @@ def anchor_pairs(config: PredictorConfig) -> list[tuple[int, int]]:
 
 
 def build_pool(host, cond, prompts: list[int], config: PredictorConfig, seed_offset: int, device) -> list[Trajectory]:
-    """Trajectories for `prompts` x trajectories_per_prompt, seeded by (seed, prompt, k): identical on every rank."""
+    """Trajectories for `prompts` x trajectories_per_prompt, noise seeded by (seed, prompt, k): identical on every rank."""
     sigmas = flow_sigmas(config.steps, config.shift)
     channels = host.transformer.config.out_channels
+    jobs = [(prompt, k) for prompt in prompts for k in range(config.trajectories_per_prompt)]
+    store = device if config.pool_on_device else "cpu"
     pool = []
-    for prompt in prompts:
-        for k in range(config.trajectories_per_prompt):
-            generator = torch.Generator().manual_seed(config.seed * 7919 + seed_offset + prompt * 101 + k)
-            noise = torch.randn(1, channels, *config.latent_shape, generator=generator).to(device, host.dtype)
-            pool.append(sample_trajectory(host, select_rows(cond, [prompt]), noise, sigmas, config.guidance, prompt))
+    for start in range(0, len(jobs), config.trajectory_batch):
+        chunk = jobs[start:start + config.trajectory_batch]
+        noise = torch.cat([torch.randn(1, channels, *config.latent_shape, generator=torch.Generator().manual_seed(
+            config.seed * 7919 + seed_offset + prompt * 101 + k)) for prompt, k in chunk]).to(device, host.dtype)
+        rows = [prompt for prompt, _ in chunk]
+        rows_cond = {k: v.to(device) for k, v in select_rows(cond, rows).items()}
+        pool += sample_trajectories(host, rows_cond, noise, sigmas, config.guidance, rows, store)
     return pool
 
 

@@ -37,7 +37,7 @@ from training.export import export_dit
 logger = logging.getLogger(__name__)
 
 STAGES = ("data", "classifier", "teacher", "cfg_distill", "meanflow_R0.2", "meanflow_R1.0", "predictor_mse",
-          "predictor_gan", "predictor_mse_long", "evaluate", "report")
+          "predictor_gan", "predictor_mse_long", "evaluate", "report", "embed")
 
 
 @dataclass(frozen=True)
@@ -48,32 +48,35 @@ class Preset:
     train_clips: int = 16384
     held_out: int = 256  # evaluation prompts (split HELDOUT_SEED) and their fixed noises
     real_reference: int = 1024  # real held-out clips for the Fréchet distance's reference statistics
-    dit: dict = field(default_factory=lambda: dict(num_attention_heads=2, num_layers=2, num_single_layers=3))
+    # hidden 256 (> the 192 values a token carries: no bottleneck); 2+2 blocks keep the three DiTs a run passes
+    # between leases under the device's 64 MiB transfer limit and the demo's DiT + predictor under 25 MB
+    dit: dict = field(default_factory=lambda: dict(num_attention_heads=2, num_layers=2, num_single_layers=2))
     classifier: ClassifierTraining = ClassifierTraining()
     classifier_min_accuracy: float = 0.9  # refuse to evaluate with a classifier below this on any attribute
     shift: float = 2.0  # sampling shift; with it the 10-step schedule's largest interval is 0.18 <= R = 0.2
     cfg_scale: float = 4.0  # the teacher's guidance; the distilled students are sampled with it embedded
-    teacher: dict = field(default_factory=lambda: dict(max_steps=10000, batch_size=128, learning_rate=3e-4,
-                                                       warmup_steps=500, lr_schedule="cosine", prompt_dropout=0.1))
-    cfg_distill: dict = field(default_factory=lambda: dict(max_steps=3000, batch_size=64, learning_rate=1e-4,
+    teacher: dict = field(default_factory=lambda: dict(max_steps=4000, batch_size=128, learning_rate=5e-4,
+                                                       warmup_steps=200, lr_schedule="cosine", prompt_dropout=0.1))
+    cfg_distill: dict = field(default_factory=lambda: dict(max_steps=800, batch_size=64, learning_rate=1e-4,
                                                            warmup_steps=100, lr_schedule="cosine", guidance_min=1.0,
                                                            guidance_max=7.0))
-    meanflow: dict = field(default_factory=lambda: dict(max_steps=4000, batch_size=64, learning_rate=1e-4,
+    meanflow: dict = field(default_factory=lambda: dict(max_steps=1000, batch_size=64, learning_rate=1e-4,
                                                         warmup_steps=200, lr_schedule="cosine", boundary_fraction=0.25,
                                                         derivative="finite_difference", fd_epsilon=1e-3,
-                                                        tangent_warmup_steps=500))
+                                                        tangent_warmup_steps=200))
     predictor_prompts: int = 288  # trajectories for the predictor stage (the last 32 are its own held-out set)
     predictor: dict = field(default_factory=lambda: dict(batch_size=32, learning_rate=1e-4, disc_learning_rate=1e-3,
-                                                         adv_weight=0.1, held_out_prompts=32))
-    predictor_mse_steps: int = 1500
-    predictor_gan_steps: int = 1500  # GAN phase; `predictor_mse_long` runs as many MSE steps (the control)
+                                                         adv_weight=0.1, held_out_prompts=32, trajectory_batch=32,
+                                                         pool_on_device=True))
+    predictor_mse_steps: int = 800
+    predictor_gan_steps: int = 800  # GAN phase; `predictor_mse_long` runs as many MSE steps (the control)
     steps: int = 20  # the deployment schedule DisCa and the training-free caches run on (R-MeanFlow 20 steps)
     teacher_steps: int = 50
     eval_batch: int = 64
 
 
 PRESETS = {
-    "full": Preset(),
+    "full": Preset(),  # the budget: ~25 H100 minutes over three leases (stage times in RESULTS.md)
     "smoke": Preset(spec=ClipSpec(frames=3, size=32), train_clips=48, held_out=6, real_reference=12,
                     dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2),
                     classifier=ClassifierTraining(clips=32, steps=3, batch_size=8), classifier_min_accuracy=0.0,
@@ -89,8 +92,8 @@ PRESETS["probe"] = dataclasses.replace(
     PRESETS["full"], train_clips=2048, held_out=64, real_reference=256,
     classifier=ClassifierTraining(clips=1024, steps=100, batch_size=64), classifier_min_accuracy=0.0,
     teacher=dict(PRESETS["full"].teacher, max_steps=300, warmup_steps=50),
-    cfg_distill=dict(PRESETS["full"].cfg_distill, max_steps=100),
-    meanflow=dict(PRESETS["full"].meanflow, max_steps=100, tangent_warmup_steps=50),
+    cfg_distill=dict(PRESETS["full"].cfg_distill, max_steps=100, warmup_steps=20),
+    meanflow=dict(PRESETS["full"].meanflow, max_steps=100, warmup_steps=20, tangent_warmup_steps=50),
     predictor_prompts=48, predictor=dict(PRESETS["full"].predictor, held_out_prompts=8),
     predictor_mse_steps=100, predictor_gan_steps=100)
 SEED = 0
@@ -114,7 +117,7 @@ class Paths:
             "predictor_mse": "predictor_mse/predictor.safetensors",
             "predictor_gan": "predictor_gan/predictor.safetensors",
             "predictor_mse_long": "predictor_mse_long/predictor.safetensors",
-            "evaluate": "results.json", "report": "RESULTS.md",
+            "evaluate": "results.json", "report": "RESULTS.md", "embed": "embedded/demo.json",
         }
         if name not in files:
             raise AttributeError(name)
@@ -148,7 +151,7 @@ def write_prompt_caches_subset(source: str, target: str, count: int) -> None:
 
 def make_classifier(preset: Preset, paths: Paths, device: torch.device) -> None:
     """Fit on real training clips, measure on real held-out clips, refuse to go on if any attribute is weak."""
-    model = train_classifier(preset.classifier, spec=preset.spec, device=device).cpu()
+    model = train_classifier(preset.classifier, spec=preset.spec).cpu()
     video, labels, _ = make_batch(HELDOUT_SEED, range(preset.real_reference), preset.spec)
     accuracy = attribute_accuracy(classify(model, video)[0], labels)
     with open(paths.classifier_report, "w") as f:
@@ -382,6 +385,20 @@ def _write_json(path: str, value: dict) -> None:
     os.replace(tmp, path)
 
 
+def embed(preset: Preset, paths: Paths) -> None:
+    """The demo's files: the R-MeanFlow DiT, the MSE+GAN predictor (both bf16, with our metadata), the classifier,
+    and the sampling settings they were evaluated with. `benchmarks/mini/weights/` ships a copy of this folder."""
+    import shutil
+
+    folder = os.path.dirname(paths.embed)
+    os.makedirs(folder, exist_ok=True)
+    for source, name in ((getattr(paths, "meanflow_R0.2"), "dit"), (paths.predictor_gan, "predictor"),
+                         (paths.classifier, "classifier")):
+        shutil.copyfile(source, os.path.join(folder, f"{name}.safetensors"))
+    _write_json(paths.embed, {"steps": preset.steps, "shift": preset.shift, "guidance": preset.cfg_scale, "interval": 4,
+                              "latent_shape": list(latent_shape(preset))})
+
+
 # ---------------------------------------------------------------------------------------------------- driver
 
 def stage_done(stage: str, paths: Paths) -> bool:
@@ -421,6 +438,8 @@ def run(preset_name: str, out: str, stages: tuple[str, ...] = STAGES, device: st
             if evaluate(preset, paths, device):
                 results = _read_json(paths.evaluate)
                 _write_json(paths.evaluate, {**results, "complete": True})
+        elif stage == "embed":
+            embed(preset, paths)
         elif stage == "report":
             from benchmarks.mini.report import write_report
             write_report(paths.out, paths.report)
