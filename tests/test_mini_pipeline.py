@@ -1,0 +1,76 @@
+"""DisCa-mini end to end on the smoke preset (CPU, ~1 min): every stage of `benchmarks.mini.run`, the report and the
+demo on the embedded files it writes; and the shipped demo weights, when present, within the 25 MB budget."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from benchmarks.mini import demo, run
+
+SHIPPED = demo.WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: 2 threads on the shared 2-core machine are far slower
+    out = str(tmp_path_factory.mktemp("mini"))
+    try:
+        run.run("smoke", out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_every_stage_writes_its_result_and_the_report_checks_the_orderings(smoke_run):
+    paths = run.Paths(smoke_run)
+    for stage in run.STAGES:
+        assert run.stage_done(stage, paths), stage
+    results = json.load(open(paths.evaluate))
+    assert results["complete"] and len(results["rows"]) == len(run.method_rows(run.PRESETS["smoke"], paths))
+    rows = results["rows"]
+    steps = run.PRESETS["smoke"].steps
+    assert rows["R-MeanFlow (R=0.2) 10 steps"]["dit_calls"] == 10
+    assert rows[f"DisCa N=4 (MSE+GAN)"]["dit_calls"] == len(range(0, steps, 4))  # predictor steps run no DiT block
+    assert rows[f"teacher {run.PRESETS['smoke'].teacher_steps}x2 (CFG 4.0)"]["dit_calls"] == 2 * run.PRESETS["smoke"].teacher_steps
+    report = open(paths.report).read()
+    assert "## The paper's orderings" in report and report.count("HOLD") == 13  # a verdict for each of the 13 comparisons
+    for image in ("quality_vs_calls.png", "strip.png"):
+        assert os.path.getsize(os.path.join(smoke_run, image)) > 1000
+
+
+def test_a_finished_stage_is_skipped_not_redone(smoke_run):
+    before = os.path.getmtime(run.Paths(smoke_run).teacher)
+    run.run("smoke", smoke_run, stages=("teacher",))
+    assert os.path.getmtime(run.Paths(smoke_run).teacher) == before
+
+
+def test_demo_writes_a_side_by_side_gif_and_reports_speed_and_verdicts(smoke_run, tmp_path, capsys):
+    from PIL import Image
+    out = str(tmp_path / "demo.gif")
+    result = demo.main(["--weights", os.path.join(smoke_run, "embedded"), "--out", out])
+    gif = Image.open(out)
+    size = run.PRESETS["smoke"].spec.size * 4
+    assert gif.n_frames == run.PRESETS["smoke"].spec.frames and gif.size == (2 * size + 8, size + 22)
+    assert result["speedup"] > 0 and result["dit_calls"]["with"] < result["dit_calls"]["without"]
+    printed = capsys.readouterr().out
+    assert "speedup" in printed and "classifier, with DisCa" in printed
+
+
+def test_demo_refuses_prompts_outside_the_vocabulary():
+    with pytest.raises(SystemExit, match="does not follow the DisCa-mini pattern"):
+        demo.prompt_attributes("a cat playing piano")
+    with pytest.raises(SystemExit, match="colour 'pink' is not one of"):
+        demo.prompt_attributes("a pink circle moving left, fast, over a plain background")
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "demo.json")), reason="no shipped demo weights yet")
+def test_shipped_demo_weights_fit_the_budget_and_carry_metadata():
+    from disca.formats import load_predictor_file, load_safetensors
+    sizes = {name: os.path.getsize(os.path.join(SHIPPED, f"{name}.safetensors")) for name in ("dit", "predictor")}
+    assert sum(sizes.values()) <= 25e6, sizes
+    _, metadata = load_safetensors(os.path.join(SHIPPED, "dit.safetensors"))
+    assert any(k.startswith("disca") for k in metadata)
+    load_predictor_file(os.path.join(SHIPPED, "predictor.safetensors"))
