@@ -5,7 +5,9 @@
 
 Measures the three costs of `training/predictor.py` at full size: a trajectory step of the frozen bf16 DiT (forward +
 cache), an MSE step (predictor forward + backward) and a GAN step (predictor + discriminator trunk up to the deepest
-tap, backward through the frozen trunk with block checkpointing, plus the discriminator update). Random weights:
+tap, backward through the frozen trunk, plus the discriminator update). The trunk's generator pass is checkpointed as
+in the stage: segments of ~sqrt(n) blocks, each block checkpointed again inside (`--trunk_segment_blocks 1`: plain
+per-block checkpointing, what the 2026-11-25 logs measured). Random weights:
 numbers are for speed and memory only. Each step's warm-up is printed too; a step that runs out of GPU memory is
 reported with the peak allocated when it failed, and the next step still runs.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latent", default="33,60,104", help="latent frames,height,width")
     parser.add_argument("--text_tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--trunk_segment_blocks", type=int, default=0,
+                        help="blocks per checkpointed trunk segment in the GAN step; 0: ceil(sqrt(blocks run)), 1: per-block")
     args = parser.parse_args(argv)
     shape = tuple(int(v) for v in args.latent.split(","))
     device = torch.device("cuda")
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     predictor = predictor_from_dit(host).float().to(device)
     predictor.checkpoint_blocks = True  # what `gradient_checkpointing: true` does in the predictor stage
     taps = default_taps(len(host.main_blocks()))
+    segment_blocks = args.trunk_segment_blocks or None  # None: block_features picks ceil(sqrt(max(taps) + 1))
     discriminator = FeatureDiscriminator(host.hidden_size, taps).to(device)
     opt_p = torch.optim.AdamW(predictor.parameters(), lr=1e-4)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=1e-2)
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             predicted = host.predict(predictor, latents, sigma, cond, cache, sigma_next, guidance)
             fake = next_sample(latents, predicted, sigma, sigma_next)
             loss = (predicted.float() - target.float()).pow(2).mean() + hinge_generator_loss(
-                discriminator(trunk_features(host, taps, fake, sigma_next, cond, guidance)))
+                discriminator(trunk_features(host, taps, fake, sigma_next, cond, guidance, segment_blocks)))
         loss.backward()
         opt_d.zero_grad(set_to_none=True)
         with autocast:
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokens = shape[0] * (shape[1] // 2) * (shape[2] // 2)
     result = {"gpu": torch.cuda.get_device_name(), "latent": list(shape), "image_tokens": tokens,
+              "trunk_segment_blocks": segment_blocks or math.ceil(math.sqrt(max(taps) + 1)),
               "dit_params_b": sum(p.numel() for p in transformer.parameters()) / 1e9,
               "predictor_params_m": sum(p.numel() for p in predictor.parameters()) / 1e6}
     for name, fn in (("trajectory_step", trajectory_step), ("mse_step", mse_step), ("gan_step", gan_step)):

@@ -7,7 +7,8 @@ predictor's (fake), at time r. Image tokens after a few tapped blocks go to one 
 Loss: hinge (D: relu(1 - D(real)) + relu(1 + D(fake)); predictor: -D(fake)), averaged over tokens and heads.
 
 The trunk is not part of this module: it is frozen, shared with the rest of the stage and never DDP-wrapped; only
-the heads train (and are replicated by DDP).
+the heads train (and are replicated by DDP). The generator loss back-propagates through the trunk up to the deepest
+tap; with gradient checkpointing on, that pass keeps ~2 sqrt(n) block inputs instead of n (`trunk_features`).
 """
 
 from __future__ import annotations
@@ -61,11 +62,16 @@ def next_sample(latents: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tens
 
 
 def trunk_features(host: HunyuanVideoHost, taps: tuple[int, ...], sample: torch.Tensor, sigma: torch.Tensor,
-                   cond: dict[str, torch.Tensor], guidance: torch.Tensor | None) -> list[torch.Tensor]:
-    """Frozen-DiT image tokens of `sample` at time `sigma` (r = sigma for MeanFlow models: the flow-matching boundary)."""
+                   cond: dict[str, torch.Tensor], guidance: torch.Tensor | None,
+                   segment_blocks: int | None = None) -> list[torch.Tensor]:
+    """Frozen-DiT image tokens of `sample` at time `sigma` (r = sigma for MeanFlow models: the flow-matching boundary).
+
+    With grad and the DiT's gradient checkpointing on (the generator pass), the trunk is checkpointed in segments of
+    `segment_blocks` blocks (default ~sqrt of the blocks run), each block again inside (`block_features`).
+    """
     sigma_next = sigma if host.is_meanflow else None
     e = host.embed(sample, sigma, cond, sigma_next, guidance)
-    return host.block_features(e, taps)
+    return host.block_features(e, taps, segment_blocks)
 
 
 def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,9 @@ Conditioning is a dict of tensors (batch first):
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -242,9 +244,12 @@ class HunyuanVideoHost(nn.Module):
         return torch.stack(tokens), torch.stack(masks)
 
     def _call_block(self, block: nn.Module, img, txt, e: Embedded):
+        return self._call_block_args(block, img, txt, e.temb, e.attention_mask, e.rotary)
+
+    def _call_block_args(self, block: nn.Module, img, txt, temb, attention_mask, rotary):
         if torch.is_grad_enabled() and self.transformer.gradient_checkpointing:
-            return self.transformer._gradient_checkpointing_func(block, img, txt, e.temb, e.attention_mask, e.rotary)
-        return block(img, txt, e.temb, e.attention_mask, e.rotary)
+            return self.transformer._gradient_checkpointing_func(block, img, txt, temb, attention_mask, rotary)
+        return block(img, txt, temb, attention_mask, rotary)
 
     def run_blocks(self, e: Embedded) -> tuple[torch.Tensor, ...]:
         """Run every DiT block; returns the cache DisCa stores on an anchor step.
@@ -259,17 +264,54 @@ class HunyuanVideoHost(nn.Module):
             return (torch.cat([img, txt], dim=1),)
         return img, txt
 
-    def block_features(self, e: Embedded, taps: tuple[int, ...]) -> list[torch.Tensor]:
-        """Image tokens [B, L_img, D] after each tapped block (indices into `main_blocks()`); stops at the deepest tap."""
+    def block_features(self, e: Embedded, taps: tuple[int, ...], segment_blocks: int | None = None) -> list[torch.Tensor]:
+        """Image tokens [B, L_img, D] after each tapped block (indices into `main_blocks()`); stops at the deepest tap.
+
+        Features come in block order. Without grad, or with the transformer's gradient checkpointing off, the blocks
+        simply run one after another. With grad and gradient checkpointing on (the GAN generator pass, which
+        back-propagates through the frozen trunk), the n blocks that run are checkpointed on two levels: segments of
+        k = `segment_blocks` consecutive blocks (default ceil(sqrt(n))) are checkpointed as a whole, and inside a
+        segment's recompute each block is checkpointed again. Backward then holds about n / k segment inputs plus the
+        k block inputs of the segment being recomputed, instead of all n block inputs, at the cost of one more
+        forward of (most of) the trunk. A segment returns the tapped block outputs inside it along with its output,
+        so the features carry gradients exactly as without checkpointing. `segment_blocks=1` is plain per-block
+        checkpointing.
+        """
         blocks = self.main_blocks()
         if not taps or max(taps) >= len(blocks) or min(taps) < 0:
             raise ValueError(f"discriminator taps {list(taps)} must be block indices in 0..{len(blocks) - 1}")
+        blocks = blocks[: max(taps) + 1]
         features, img, txt = [], e.img, e.txt
-        for index, block in enumerate(blocks[: max(taps) + 1]):
-            img, txt = self._call_block(block, img, txt, e)
-            if index in taps:
-                features.append(img)
+        if not (torch.is_grad_enabled() and self.transformer.gradient_checkpointing):
+            for index, block in enumerate(blocks):
+                img, txt = self._call_block(block, img, txt, e)
+                if index in taps:
+                    features.append(img)
+            return features
+        size = math.ceil(math.sqrt(len(blocks))) if segment_blocks is None else int(segment_blocks)
+        if size < 1:
+            raise ValueError(f"segment_blocks must be a positive number of blocks, got {segment_blocks}")
+        for start in range(0, len(blocks), size):
+            segment = blocks[start: start + size]
+            tapped = tuple(i for i in range(len(segment)) if start + i in taps)
+            if len(segment) == 1:
+                img, txt = self._call_block(segment[0], img, txt, e)
+                features.extend(img for _ in tapped)
+                continue
+            run = functools.partial(self._run_segment, segment, tapped)
+            img, txt, *outputs = torch.utils.checkpoint.checkpoint(
+                run, img, txt, e.temb, e.attention_mask, e.rotary, use_reentrant=False)
+            features.extend(outputs)
         return features
+
+    def _run_segment(self, segment: list[nn.Module], tapped: tuple[int, ...], img, txt, temb, attention_mask, rotary):
+        """Blocks of one trunk segment, each checkpointed on its own: (img, txt, *image tokens after the tapped ones)."""
+        outputs = []
+        for index, block in enumerate(segment):
+            img, txt = self._call_block_args(block, img, txt, temb, attention_mask, rotary)
+            if index in tapped:
+                outputs.append(img)
+        return (img, txt, *outputs)
 
     def image_tokens(self, cache: tuple[torch.Tensor, ...], e: Embedded) -> torch.Tensor:
         """The image part of a cache or block output, [B, L_img, D]."""
