@@ -60,7 +60,7 @@ class Preset:
     cfg_distill: dict = field(default_factory=lambda: dict(max_steps=800, batch_size=64, learning_rate=1e-4,
                                                            warmup_steps=100, lr_schedule="cosine", guidance_min=1.0,
                                                            guidance_max=7.0))
-    meanflow: dict = field(default_factory=lambda: dict(max_steps=1000, batch_size=64, learning_rate=1e-4,
+    meanflow: dict = field(default_factory=lambda: dict(max_steps=1200, batch_size=64, learning_rate=1e-4,
                                                         warmup_steps=200, lr_schedule="cosine", boundary_fraction=0.25,
                                                         derivative="finite_difference", fd_epsilon=1e-3,
                                                         tangent_warmup_steps=200))
