@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from benchmarks.mini.dataset import ATTRIBUTES, TRAIN_SEED, ClipSpec, make_batch
+from benchmarks.mini.dataset import ATTRIBUTES, DIRECTIONS, TRAIN_SEED, ClipSpec, make_batch
 
 logger = logging.getLogger(__name__)
 
@@ -34,43 +34,76 @@ META_SPEC = "disca_mini.clip_spec"
 class ClassifierConfig:
     """Attribute classifier shape; stored in the safetensors metadata so `load_classifier` rebuilds it.
 
-    width: channels of the first conv; the next two have 2x and 4x (default 16; more is slower on CPU).
+    width: channels of the appearance branch's first conv; the next three have 2x, 4x and 4x (default 16).
+    motion_width: channels of the motion branch's first conv; the next three have 2x, 4x and 4x (default 8).
     feature_dim: width of the penultimate features the Fréchet distance uses (default 128).
+    appearance_frames: evenly spaced frames (first and last included) the appearance branch sees (default 3).
     """
 
     width: int = 16
+    motion_width: int = 8
     feature_dim: int = 128
+    appearance_frames: int = 3
 
     def __post_init__(self):
-        if self.width < 1 or self.feature_dim < 2:
-            raise ValueError(f"ClassifierConfig: width={self.width} must be >= 1 and feature_dim={self.feature_dim} >= 2")
+        if min(self.width, self.motion_width, self.appearance_frames) < 1 or self.feature_dim < 2:
+            raise ValueError(f"ClassifierConfig: width, motion_width and appearance_frames must be >= 1 and "
+                             f"feature_dim >= 2; got {self}")
+
+
+def _conv(dims: int, inputs: int, outputs: int, stride) -> list[nn.Module]:
+    """3x3(x3) conv (padding 1, no bias) + BatchNorm + SiLU; dims 2 (per frame) or 3 (space-time)."""
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+    return [conv(inputs, outputs, 3, stride, 1, bias=False), norm(outputs), nn.SiLU()]
 
 
 class AttributeClassifier(nn.Module):
-    """Small 3D conv net: video [B, 3, F, H, W] in [-1, 1] -> {attribute: logits [B, n]}; `features` -> [B, feature_dim]."""
+    """Two-branch conv net: video [B, 3, F, H, W] in [-1, 1] -> {attribute: logits [B, n]}; `features` -> [B, feature_dim].
+
+    Both branches see the RGB frames plus a chroma channel (max - min over RGB: the saturated objects stand out from
+    the grey textured background whatever their colour; a white object stands out by its RGB values).
+
+    - appearance (shape, background texture, count, colour): a per-frame 2D net on `appearance_frames` frames at
+      full resolution, 3x3 convs with strides 2, 2, 2, 1 (64 -> 8 px, receptive field 31 px; the textures' periods
+      are 7-26 px), on several frames so that a small second object hidden by the primary in one frame still shows;
+    - motion (direction, speed): every frame plus its difference to the next, a per-frame 2D stem (3x3, strides 2,
+      2) then two 3D convs (stride 2 in time and space, then 2 in time);
+    - each branch is mean- and max-pooled over frames and positions (what, not where: no flattened map), and the
+      pooled vector goes through Linear + SiLU to the features, then one linear head per attribute.
+
+    Ablations (1024 clips, 400 steps of 32, one CPU thread; held-out shape / background / count, README.md): a 3x3
+    stride-2 per-frame stem with GroupNorm and a flattened map 0.56 / 0.74 / 0.86; BatchNorm and pooled-only
+    features 0.89 / 0.76 / 0.91; + chroma and brightness channels 0.98 / 0.74 / 0.97; + the separate appearance
+    branch 0.996 / 0.80 / 0.99. Background (stripes vs checks) is learnt last and abruptly (appearance-only runs:
+    0.81-0.99 after 400 steps depending on the seed, >= 0.99 after 800), hence the longer default run.
+    BatchNorm uses running statistics in eval mode; `classify` always runs in eval mode.
+    """
 
     def __init__(self, config: ClassifierConfig = ClassifierConfig(), spec: ClipSpec = ClipSpec()):
         super().__init__()
         self.config, self.spec = config, spec
-        w = config.width
-        # 4x4 patchify and 2x frame stride first (frame differences carry the motion at full rate): the CPU cost is
-        # in the first layer
-        self.trunk = nn.Sequential(
-            nn.Conv3d(6, w, kernel_size=(3, 4, 4), stride=(2, 4, 4), padding=(1, 0, 0)), nn.GroupNorm(4, w), nn.SiLU(),
-            nn.Conv3d(w, 2 * w, kernel_size=3, stride=(1, 2, 2), padding=1), nn.GroupNorm(4, 2 * w), nn.SiLU(),
-            nn.Conv3d(2 * w, 4 * w, kernel_size=3, stride=2, padding=1), nn.GroupNorm(4, 4 * w), nn.SiLU(),
-        )
-        # flattened (where the object is at which time: direction, speed) + mean/max pooled (what: shape, texture)
-        with torch.no_grad():
-            flat = self.trunk(torch.zeros(1, 6, spec.frames, spec.size, spec.size)).numel() + 8 * w
-        self.project = nn.Sequential(nn.Linear(flat, config.feature_dim), nn.SiLU())
+        w, m = config.width, config.motion_width
+        frames = torch.linspace(0, spec.frames - 1, config.appearance_frames).round().long()
+        self.register_buffer("appearance_index", frames, persistent=False)
+        self.appearance = nn.Sequential(*_conv(2, 4, w, 2), *_conv(2, w, 2 * w, 2), *_conv(2, 2 * w, 4 * w, 2),
+                                        *_conv(2, 4 * w, 4 * w, 1))
+        self.motion_stem = nn.Sequential(*_conv(2, 7, m, 2), *_conv(2, m, 2 * m, 2))
+        self.motion = nn.Sequential(*_conv(3, 2 * m, 4 * m, 2), *_conv(3, 4 * m, 4 * m, (2, 1, 1)))
+        self.project = nn.Sequential(nn.Linear(8 * w + 8 * m, config.feature_dim), nn.SiLU())
         self.heads = nn.ModuleDict({name: nn.Linear(config.feature_dim, len(values)) for name, values in ATTRIBUTES.items()})
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        """Penultimate features [B, feature_dim]; the trunk sees the frames and their differences (motion)."""
-        difference = torch.cat([video[:, :, 1:] - video[:, :, :-1], torch.zeros_like(video[:, :, :1])], dim=2)
-        x = self.trunk(torch.cat([video, difference], dim=1))
-        return self.project(torch.cat([x.flatten(1), x.mean(dim=(2, 3, 4)), x.amax(dim=(2, 3, 4))], dim=1))
+        """Penultimate features [B, feature_dim] of video [B, 3, F, H, W]."""
+        b, _, f, h, w = video.shape
+        x = torch.cat([video, video.amax(1, keepdim=True) - video.amin(1, keepdim=True)], dim=1)  # + chroma
+        frames = x[:, :, self.appearance_index.clamp(max=f - 1)]
+        look = self.appearance(frames.transpose(1, 2).flatten(0, 1)).unflatten(0, (b, frames.shape[2]))
+        difference = x[:, :3, 1:] - x[:, :3, :-1]
+        difference = torch.cat([difference, torch.zeros_like(difference[:, :, :1])], dim=2)
+        move = self.motion_stem(torch.cat([x, difference], dim=1).transpose(1, 2).flatten(0, 1))
+        move = self.motion(move.unflatten(0, (b, f)).transpose(1, 2))
+        pooled = [look.mean(dim=(1, 3, 4)), look.amax(dim=(1, 3, 4)), move.mean(dim=(2, 3, 4)), move.amax(dim=(2, 3, 4))]
+        return self.project(torch.cat(pooled, dim=1))
 
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.features(video)
@@ -81,32 +114,66 @@ class AttributeClassifier(nn.Module):
 class ClassifierTraining:
     """How `train_classifier` fits the classifier on real clips of split `seed`.
 
-    clips: distinct training clips, rendered once (default 2048; the 600-clip test reaches > 0.9 on every attribute).
-    steps: optimiser steps of `batch_size` clips drawn from them (default 600).
+    The defaults are sized for a GPU (well under a minute of training on an H100). Measured on one CPU thread, 17-frame
+    clips: 2048 clips and 2000 steps of 32 (12 min) reach >= 0.99 on every attribute on 512 held-out clips (README.md).
+
+    clips: distinct training clips, rendered once (default 4096).
+    steps: optimiser steps of `batch_size` clips drawn from them, each randomly mirrored left-right and/or played
+        backwards with the direction label mapped to match (default 2000).
+    batch_size: clips per step (default 64).
     learning_rate: AdamW, cosine-decayed to 0 (default 3e-3).
     """
 
-    clips: int = 2048
-    steps: int = 600
-    batch_size: int = 32
+    clips: int = 4096
+    steps: int = 2000
+    batch_size: int = 64
     learning_rate: float = 3e-3
     seed: int = TRAIN_SEED
 
     def __post_init__(self):
-        if self.clips < self.batch_size or self.steps < 1 or self.learning_rate <= 0:
-            raise ValueError(f"ClassifierTraining: need clips >= batch_size, steps >= 1, learning_rate > 0; got {self}")
+        if self.clips < self.batch_size or self.batch_size < 2 or self.steps < 1 or self.learning_rate <= 0:
+            raise ValueError(f"ClassifierTraining: need clips >= batch_size >= 2, steps >= 1, learning_rate > 0; got {self}")
 
 
 def _learning_rate(step: int, training: ClassifierTraining) -> float:
     return training.learning_rate * 0.5 * (1 + math.cos(math.pi * step / training.steps))
 
 
+_LEFT, _RIGHT, _UP, _DOWN = (DIRECTIONS.index(name) for name in ("left", "right", "up", "down"))
+
+
+def _augment(video: torch.Tensor, direction: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label-preserving symmetries of the dataset: mirror left-right (every shape, texture and layout stays a valid
+    clip; left <-> right) and play backwards (the object starts where it ended; left <-> right, up <-> down).
+    No vertical mirror: the triangle points up."""
+    mirror, backwards = (torch.rand(2, len(video), generator=generator) < 0.5).to(video.device)
+    video = torch.where(mirror.view(-1, 1, 1, 1, 1), video.flip(4), video)
+    video = torch.where(backwards.view(-1, 1, 1, 1, 1), video.flip(2), video)
+    swap = {_LEFT: _RIGHT, _RIGHT: _LEFT, _UP: _DOWN, _DOWN: _UP}
+    swapped = torch.tensor([swap[i] for i in range(len(DIRECTIONS))], device=direction.device)[direction]
+    horizontal = (direction == _LEFT) | (direction == _RIGHT)
+    flip = torch.where(horizontal, mirror ^ backwards, backwards)
+    return video, torch.where(flip, swapped, direction)
+
+
+_RESIDENT_BYTES = 8 << 30  # training clips up to this size are moved to an accelerator once, not batch by batch
+
+
 def train_classifier(training: ClassifierTraining = ClassifierTraining(),
-                     config: ClassifierConfig = ClassifierConfig(), spec: ClipSpec = ClipSpec()) -> AttributeClassifier:
-    """Fit the classifier on real clips 0..clips-1 of split `training.seed` (cross-entropy summed over attributes)."""
+                     config: ClassifierConfig = ClassifierConfig(), spec: ClipSpec = ClipSpec(),
+                     device: torch.device | str | None = None) -> AttributeClassifier:
+    """Fit the classifier on real clips 0..clips-1 of split `training.seed` (cross-entropy summed over attributes).
+
+    device: where the model trains (default CPU); the clips are rendered on the CPU and moved there once if they
+    fit in 8 GiB, else batch by batch. The model is returned on `device`, in eval mode.
+    """
+    device = torch.device(device or "cpu")
     torch.manual_seed(training.seed)
-    model = AttributeClassifier(config, spec)
+    model = AttributeClassifier(config, spec).to(device)
     video, labels, _ = make_batch(training.seed, range(training.clips), spec)
+    if device.type != "cpu" and video.nbytes <= _RESIDENT_BYTES:
+        video = video.to(device)
+    labels = {name: value.to(device) for name, value in labels.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(training.seed)
     model.train()
@@ -114,12 +181,16 @@ def train_classifier(training: ClassifierTraining = ClassifierTraining(),
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, training)
         rows = torch.randint(training.clips, (training.batch_size,), generator=generator)
-        logits = model(video[rows])
-        loss = sum(nn.functional.cross_entropy(logits[name], labels[name][rows]) for name in ATTRIBUTES)
+        batch = {name: value[rows.to(device)] for name, value in labels.items()}
+        clips, batch["direction"] = _augment(video[rows.to(video.device)].to(device, non_blocking=True),
+                                             batch["direction"], generator)
+        logits = model(clips)
+        loss = sum(nn.functional.cross_entropy(logits[name], batch[name]) for name in ATTRIBUTES)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        logger.debug("classifier step %d loss %.4f", step, loss.item())
+        if step % 100 == 0 or step == training.steps - 1:
+            logger.debug("classifier step %d loss %.4f", step, loss.item())
     logger.info("trained the DisCa-mini classifier: %d steps on %d clips, last loss %.4f",
                 training.steps, training.clips, loss.item())
     return model.eval()
@@ -127,15 +198,19 @@ def train_classifier(training: ClassifierTraining = ClassifierTraining(),
 
 @torch.no_grad()
 def classify(model: AttributeClassifier, video: torch.Tensor, batch_size: int = 64) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """video [N, 3, F, H, W] -> (predicted labels {attribute: [N]}, features [N, feature_dim])."""
+    """video [N, 3, F, H, W] -> (predicted labels {attribute: [N]}, features [N, feature_dim]), in eval mode.
+
+    Chunks of `batch_size` clips run on the model's device; the results are on the video's device.
+    """
     model.eval()
+    device = next(model.parameters()).device
     predictions: dict[str, list[torch.Tensor]] = {name: [] for name in ATTRIBUTES}
     features = []
     for start in range(0, len(video), batch_size):
-        chunk_features = model.features(video[start:start + batch_size])
-        features.append(chunk_features)
+        chunk_features = model.features(video[start:start + batch_size].to(device))
+        features.append(chunk_features.to(video.device))
         for name, head in model.heads.items():
-            predictions[name].append(head(chunk_features).argmax(dim=1))
+            predictions[name].append(head(chunk_features).argmax(dim=1).to(video.device))
     return {name: torch.cat(values) for name, values in predictions.items()}, torch.cat(features)
 
 
