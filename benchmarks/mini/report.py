@@ -144,7 +144,8 @@ def write_report(run_folder: str, path: str) -> str:
              f"on {results['device']}. {held_out} held-out prompts (split seed 1), one fixed noise each, the same for "
              "every row. Accuracy: the attribute classifier's agreement with the prompt's attributes; FD: Fréchet "
              "distance of the classifier's features to real held-out clips; PSNR: against the teacher's video from "
-             "the same noise. ± is the binomial standard error of the all-attribute accuracy.", ""]
+             "the same noise. ± is the binomial standard error of the all-attribute accuracy. What these numbers do and "
+             "do not show, and how the run was split over GPU leases: `README.md` (section \"Results\").", ""]
     if classifier:
         acc = classifier["held_out_real_accuracy"]
         lines += [f"Classifier on {classifier['clips']} real held-out clips: " +

@@ -151,7 +151,7 @@ def write_prompt_caches_subset(source: str, target: str, count: int) -> None:
 
 def make_classifier(preset: Preset, paths: Paths, device: torch.device) -> None:
     """Fit on real training clips, measure on real held-out clips, refuse to go on if any attribute is weak."""
-    model = train_classifier(preset.classifier, spec=preset.spec).cpu()
+    model = train_classifier(preset.classifier, spec=preset.spec, device=device).cpu()
     video, labels, _ = make_batch(HELDOUT_SEED, range(preset.real_reference), preset.spec)
     accuracy = attribute_accuracy(classify(model, video)[0], labels)
     with open(paths.classifier_report, "w") as f:
