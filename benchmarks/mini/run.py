@@ -62,7 +62,7 @@ class Preset:
                                                            guidance_max=7.0))
     meanflow: dict = field(default_factory=lambda: dict(max_steps=1200, batch_size=64, learning_rate=1e-4,
                                                         warmup_steps=200, lr_schedule="cosine", boundary_fraction=0.25,
-                                                        derivative="finite_difference", fd_epsilon=1e-3,
+                                                        derivative="finite_difference", fd_epsilon=1e-3,  # as run; 1e-4 is better (README)
                                                         tangent_warmup_steps=200))
     predictor_prompts: int = 288  # trajectories for the predictor stage (the last 32 are its own held-out set)
     predictor: dict = field(default_factory=lambda: dict(batch_size=32, learning_rate=1e-4, disc_learning_rate=1e-3,
