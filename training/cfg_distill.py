@@ -64,13 +64,9 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
 
     def draw(generator: torch.Generator, batch: int):
         rows = torch.randint(latents.shape[0], (batch,), generator=generator)
-        s = torch.rand(batch, generator=generator)
-        t = (config.shift * s / (1 + (config.shift - 1) * s)).to(device)
+        t = loop.shifted_times(generator, batch, config.shift).to(device)
         scale = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch, generator=generator)
-        x0 = latents[rows].to(device).float()
-        noise = loop.randn_on(x0.shape, generator, device)
-        t_b = t.view(-1, 1, 1, 1, 1)
-        x_t = (1 - t_b) * x0 + t_b * noise
+        _, _, x_t = loop.noised(latents, rows, t, generator, device)
         rows_cond = {k: v.to(device) for k, v in select_rows(cond, rows).items()}
         rows_negative = {k: v.expand(batch, *v.shape[1:]).to(device) for k, v in negative.items()}
         return x_t, t, scale.to(device), rows_cond, rows_negative

@@ -54,13 +54,9 @@ def train(config: FlowMatchingConfig, resume: bool = False) -> dict:
 
     def draw(generator: torch.Generator, batch: int):
         rows = torch.randint(latents.shape[0], (batch,), generator=generator)
-        s = torch.rand(batch, generator=generator)
-        t = (config.shift * s / (1 + (config.shift - 1) * s)).to(device)
+        t = loop.shifted_times(generator, batch, config.shift).to(device)
         dropped = torch.rand(batch, generator=generator) < config.prompt_dropout
-        x0 = latents[rows].to(device).float()
-        noise = loop.randn_on(x0.shape, generator, device)
-        t_b = t.view(-1, 1, 1, 1, 1)
-        x_t = (1 - t_b) * x0 + t_b * noise
+        x0, noise, x_t = loop.noised(latents, rows, t, generator, device)
         rows_cond = drop_prompts(select_rows(cond, rows), negative, dropped)
         return x_t, t, noise - x0, {k: v.to(device) for k, v in rows_cond.items()}
 

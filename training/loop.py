@@ -85,6 +85,20 @@ def randn_on(shape, generator: torch.Generator, device) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator(device=device).manual_seed(seed), device=device)
 
 
+def shifted_times(generator: torch.Generator, batch: int, shift: float) -> torch.Tensor:
+    """t = shift*s / (1 + (shift-1)*s), s ~ U(0, 1): [B] flow times, more of them at high noise for shift > 1."""
+    s = torch.rand(batch, generator=generator)
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def noised(latents: torch.Tensor, rows: torch.Tensor, t: torch.Tensor, generator: torch.Generator, device):
+    """(x_0, eps, x_t = (1 - t) x_0 + t eps) for `rows` of the latent set, on `device`; t: [B] on `device`."""
+    x0 = latents[rows].to(device).float()
+    noise = randn_on(x0.shape, generator, device)
+    t_b = t.view(-1, *([1] * (x0.ndim - 1)))
+    return x0, noise, (1 - t_b) * x0 + t_b * noise
+
+
 def checkpoint_dir(output_dir: str, step: int) -> str:
     return os.path.join(output_dir, CHECKPOINTS, f"step_{step}")
 

@@ -111,9 +111,7 @@ def _draw(config, cond, latents, generator, device, batch):
     rows = torch.randint(latents.shape[0], (batch,), generator=generator)
     t, r = sample_t_r(generator, batch, config.R, config.boundary_fraction, config.shift)
     t, r = t.to(device), r.to(device)
-    x0 = latents[rows].to(device).float()
-    noise = loop.randn_on(x0.shape, generator, device)
-    x_t = (1 - _broadcast(t, x0)) * x0 + _broadcast(t, x0) * noise
+    _, _, x_t = loop.noised(latents, rows, t, generator, device)
     return x_t, t, r, {k: v.to(device) for k, v in select_rows(cond, rows).items()}
 
 
