@@ -26,13 +26,8 @@ CACHED_MODES = (
 
 
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-    """x + (sigma_next - sigma) * velocity; x, velocity: [B, ...]; sigma, sigma_next: [B] or scalars."""
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    return x + (torch.as_tensor(sigma_next, device=x.device) - torch.as_tensor(sigma, device=x.device)).reshape(shape) * velocity
-
-
-def _batched(value: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
-    return value.to(like.device, like.dtype).reshape(-1).expand(batch)
+    """Euler / MeanFlow step x_r = x_t + (r - t) * u; x, velocity: [B, ...]; sigma, sigma_next: [B]."""
+    return x + (sigma_next - sigma).view(-1, *([1] * (x.ndim - 1))) * velocity
 
 
 def _r(host, sigma_next: torch.Tensor) -> torch.Tensor | None:
@@ -43,8 +38,9 @@ def _r(host, sigma_next: torch.Tensor) -> torch.Tensor | None:
 def sample_euler(model: Callable, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Euler through `sigmas` (1D, from ~1 down to 0) with `model(x, sigma[B], sigma_next[B]) -> velocity`."""
     x, batch = noise, noise.shape[0]
+    sigmas = sigmas.to(noise.device, noise.dtype)  # once: the loop then makes no host copies
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = _batched(sigmas[i], batch, x), _batched(sigmas[i + 1], batch, x)
+        sigma, sigma_next = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
         x = euler_step(x, model(x, sigma, sigma_next), sigma, sigma_next)
     return x
 
@@ -82,10 +78,11 @@ def sample_cached(host, noise: torch.Tensor, sigmas: torch.Tensor, cond: dict, a
     if mode == "predictor" and predictor is None:
         raise ValueError("mode 'predictor' needs the predictor module")
     x, batch = noise, noise.shape[0]
+    sigmas = sigmas.to(noise.device, noise.dtype)
     cache = None
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sigma, output) of the last two anchors
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = _batched(sigmas[i], batch, x), _batched(sigmas[i + 1], batch, x)
+        sigma, sigma_next = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
         g = torch.full_like(sigma, guidance) if host.is_guidance_embedded else None
         r = _r(host, sigma_next)
         if i in anchors:

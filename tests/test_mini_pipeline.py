@@ -28,23 +28,23 @@ def test_every_stage_writes_its_result_and_the_report_checks_the_orderings(smoke
     paths = run.Paths(smoke_run)
     for stage in run.STAGES:
         assert run.stage_done(stage, paths), stage
-    results = json.load(open(paths.evaluate))
+    results = json.load(open(paths["evaluate"]))
     assert results["complete"] and len(results["rows"]) == len(run.method_rows(run.PRESETS["smoke"], paths))
     rows = results["rows"]
     steps = run.PRESETS["smoke"].steps
     assert rows["R-MeanFlow (R=0.2) 10 steps"]["dit_calls"] == 10
     assert rows[f"DisCa N=4 (MSE+GAN)"]["dit_calls"] == len(range(0, steps, 4))  # predictor steps run no DiT block
     assert rows[f"teacher {run.PRESETS['smoke'].teacher_steps}x2 (CFG 4.0)"]["dit_calls"] == 2 * run.PRESETS["smoke"].teacher_steps
-    report = open(paths.report).read()
+    report = open(paths["report"]).read()
     assert "## The paper's orderings" in report and report.count("HOLD") == 13  # a verdict for each of the 13 comparisons
     for image in ("quality_vs_calls.png", "strip.png"):
         assert os.path.getsize(os.path.join(smoke_run, image)) > 1000
 
 
 def test_a_finished_stage_is_skipped_not_redone(smoke_run):
-    before = os.path.getmtime(run.Paths(smoke_run).teacher)
+    before = os.path.getmtime(run.Paths(smoke_run)["teacher"])
     run.run("smoke", smoke_run, stages=("teacher",))
-    assert os.path.getmtime(run.Paths(smoke_run).teacher) == before
+    assert os.path.getmtime(run.Paths(smoke_run)["teacher"]) == before
 
 
 def test_demo_writes_a_side_by_side_gif_and_reports_speed_and_verdicts(smoke_run, tmp_path, capsys):

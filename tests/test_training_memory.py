@@ -15,7 +15,8 @@ from torch.utils._pytree import tree_leaves
 
 from disca.formats import ARCH_HV10, ARCH_HV15
 from disca.hosts.diffusers import predictor_from_dit
-from training.discriminator import FeatureDiscriminator, default_taps, hinge_generator_loss, next_sample, trunk_features
+from disca.sampling import euler_step
+from training.discriminator import FeatureDiscriminator, default_taps, hinge_generator_loss, trunk_features
 from training.predictor import guidance_for
 from training.tiny import randomize_, tiny_conditioning, tiny_host, tiny_latents
 
@@ -69,7 +70,7 @@ def _generator_pass(host, predictor, discriminator, taps, data, trunk: str, segm
     predictor.zero_grad(set_to_none=True)
     discriminator.zero_grad(set_to_none=True)
     predicted = host.predict(predictor, latents, sigma, cond, cache, sigma_next, guidance)
-    fake = next_sample(latents, predicted, sigma, sigma_next)
+    fake = euler_step(latents, predicted, sigma, sigma_next)
     features = trunk_features(host, taps, fake, sigma_next, cond, guidance, 1 if trunk == "block" else segment_blocks)
     loss = hinge_generator_loss(discriminator(features))
     loss.backward()
@@ -130,7 +131,7 @@ def test_trunk_segment_checkpointing_leaves_generator_loss_and_gradients_unchang
     host.transformer.enable_gradient_checkpointing()
     with torch.no_grad():
         predicted = host.predict(predictor, latents, sigma, cond, cache, sigma_next, guidance)
-        no_grad = trunk_features(host, taps, next_sample(latents, predicted, sigma, sigma_next), sigma_next, cond, guidance)
+        no_grad = trunk_features(host, taps, euler_step(latents, predicted, sigma, sigma_next), sigma_next, cond, guidance)
     for got, want in zip(no_grad, passes[0][1]):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 

@@ -22,8 +22,9 @@ import time
 import torch
 
 from disca.hosts.diffusers import HunyuanVideoHost, predictor_from_dit
+from disca.sampling import euler_step
 from training.discriminator import (FeatureDiscriminator, default_taps, hinge_discriminator_loss, hinge_generator_loss,
-                                    next_sample, trunk_features)
+                                    trunk_features)
 
 
 def _timed(fn, repeats: int) -> tuple[float, float]:
@@ -86,14 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
     def gan_step():
         with autocast:
             predicted = host.predict(predictor, latents, sigma, cond, cache, sigma_next, guidance)
-            fake = next_sample(latents, predicted, sigma, sigma_next)
+            fake = euler_step(latents, predicted, sigma, sigma_next)
             loss = (predicted.float() - target.float()).pow(2).mean() + hinge_generator_loss(
                 discriminator(trunk_features(host, taps, fake, sigma_next, cond, guidance, segment_blocks)))
         loss.backward()
         opt_d.zero_grad(set_to_none=True)
         with autocast:
             with torch.no_grad():
-                real_features = trunk_features(host, taps, next_sample(latents, target, sigma, sigma_next), sigma_next, cond, guidance)
+                real_features = trunk_features(host, taps, euler_step(latents, target, sigma, sigma_next), sigma_next, cond, guidance)
                 fake_features = trunk_features(host, taps, fake.detach(), sigma_next, cond, guidance)
             d_loss = hinge_discriminator_loss(discriminator(real_features), discriminator(fake_features))
         d_loss.backward()

@@ -85,9 +85,6 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
             target = guided_velocity(teacher, x_t, t, rows_cond, rows_negative, scale).float()
             return float((unwrapped(x_t, t, rows_cond, None, scale).float() - target).pow(2).mean())
 
-    initial = evaluate() if state.step == 0 else None
-    history = loop.run_single_model_stage(accelerator, config, state, model, optimizer, compute_losses, "cfg_distill")
-    report = {"stage": "cfg_distill", "steps": state.step, "processes": accelerator.num_processes,
-              "eval_mse_initial": initial, "eval_mse_final": evaluate(), "first_losses": history[:3],
-              "last_losses": history[-3:], "rank_param_max_abs_diff": loop.max_rank_difference(accelerator, model)}
+    report = loop.run_single_model_stage(accelerator, config, state, model, optimizer, compute_losses, "cfg_distill",
+                                         evaluate)
     return finish_distillation(accelerator, config, model, unwrapped, report, "cfg_distilled_dit.safetensors")

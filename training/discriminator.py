@@ -56,11 +56,6 @@ class FeatureDiscriminator(nn.Module):
         return torch.stack([head(f) for head, f in zip(self.heads, features)])
 
 
-def next_sample(latents: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-    """Euler / MeanFlow step x_r = x_t + (r - t) * u. latents, velocity: [B, C, F, H, W]; sigma, sigma_next: [B]."""
-    return latents + (sigma_next - sigma).view(-1, 1, 1, 1, 1) * velocity
-
-
 def trunk_features(host: HunyuanVideoHost, taps: tuple[int, ...], sample: torch.Tensor, sigma: torch.Tensor,
                    cond: dict[str, torch.Tensor], guidance: torch.Tensor | None,
                    segment_blocks: int | None = None) -> list[torch.Tensor]:

@@ -71,9 +71,6 @@ def train(config: FlowMatchingConfig, resume: bool = False) -> dict:
         with torch.no_grad(), accelerator.autocast():
             return float((unwrapped(x_t, t, rows_cond).float() - velocity).pow(2).mean())
 
-    initial = evaluate() if state.step == 0 else None
-    history = loop.run_single_model_stage(accelerator, config, state, model, optimizer, compute_losses, "flow_matching")
-    report = {"stage": "flow_matching", "steps": state.step, "processes": accelerator.num_processes,
-              "eval_mse_initial": initial, "eval_mse_final": evaluate(), "first_losses": history[:3],
-              "last_losses": history[-3:], "rank_param_max_abs_diff": loop.max_rank_difference(accelerator, model)}
+    report = loop.run_single_model_stage(accelerator, config, state, model, optimizer, compute_losses, "flow_matching",
+                                         evaluate)
     return finish_distillation(accelerator, config, model, unwrapped, report, "flow_matching_dit.safetensors")

@@ -203,12 +203,15 @@ def flatten_config(config) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.as_dict().items()}
 
 
-def run_single_model_stage(accelerator, config, state: TrainState, model, optimizer, compute_losses, name: str) -> list[dict]:
+def run_single_model_stage(accelerator, config, state: TrainState, model, optimizer, compute_losses, name: str,
+                           evaluate) -> dict:
     """The nanoGPT-style loop the distillation stages share: lr(step), losses, divergence stop, clip, step, log, save.
 
     `compute_losses(step, generator)` returns a dict of scalar tensors; its "loss" entry is back-propagated, the
-    others are logged. Returns the per-step history of this process's run (after a resume: from the resumed step).
+    others are logged. `evaluate()` returns the stage's held-out error, measured before (fresh runs only) and after.
+    Returns the stage report (losses: this process's run; after a resume, from the resumed step).
     """
+    initial = evaluate() if state.step == 0 else None
     history: list[dict] = []
     bar = progress(accelerator, config.max_steps, state.step, name)
     while state.step < config.max_steps:
@@ -224,7 +227,9 @@ def run_single_model_stage(accelerator, config, state: TrainState, model, optimi
         optimizer.zero_grad(set_to_none=True)
         finish_step(accelerator, config, state, values, history, bar)
     bar.close()
-    return history
+    return {"stage": name, "steps": state.step, "processes": accelerator.num_processes, "eval_mse_initial": initial,
+            "eval_mse_final": evaluate(), "first_losses": history[:3], "last_losses": history[-3:],
+            "rank_param_max_abs_diff": max_rank_difference(accelerator, model)}
 
 
 def finish_step(accelerator, config, state: TrainState, values: dict[str, float], history: list[dict], bar) -> None:

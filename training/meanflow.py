@@ -156,11 +156,8 @@ def train(config: MeanFlowConfig, resume: bool = False) -> dict:
                 u = unwrapped(x_t, t, rows, r, g_student)
         return float((u.float() - target.float()).pow(2).mean())
 
-    initial = evaluate() if state.step == 0 else None
-    history = loop.run_single_model_stage(accelerator, config, state, model, optimizer, compute_losses, "meanflow")
-    report = {"stage": "meanflow", "steps": state.step, "eval_mse_initial": initial, "eval_mse_final": evaluate(), "processes": accelerator.num_processes, "R": config.R,
-              "derivative": config.derivative, "first_losses": history[:3], "last_losses": history[-3:],
-              "rank_param_max_abs_diff": loop.max_rank_difference(accelerator, model)}
+    report = loop.run_single_model_stage(accelerator, config, state, model, optimizer, compute_losses, "meanflow",
+                                         evaluate) | {"R": config.R, "derivative": config.derivative}
     return finish_distillation(accelerator, config, model, unwrapped, report, "meanflow_dit.safetensors", R=config.R)
 
 

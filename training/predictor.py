@@ -22,11 +22,12 @@ import torch
 from disca.formats import ARCH_HV15, base_fingerprint, check_predictor_fits, infer_dit_spec, load_predictor_file
 from disca.hosts.diffusers import DiffusersPredictor, HunyuanVideoHost, load_host, predictor_from_dit
 from disca.schedules import flow_sigmas
+from disca.sampling import euler_step
 from training import loop
 from training.config import PredictorConfig
 from training.data import DataError, load_embeddings, load_references, with_image_condition
 from training.discriminator import (FeatureDiscriminator, default_taps, hinge_discriminator_loss, hinge_generator_loss,
-                                    next_sample, trunk_features)
+                                    trunk_features)
 from training.export import export_predictor, push_to_hub
 
 logger = logging.getLogger(__name__)
@@ -56,16 +57,16 @@ def sample_trajectories(host: HunyuanVideoHost, cond_rows: dict[str, torch.Tenso
     """Euler (MeanFlow: r = next sigma) through the whole schedule for a batch of prompts, keeping every step's
     input, output and cache; one Trajectory per row, its tensors moved to `store` (CPU, or the GPU for small models)."""
     x, inputs, outputs, caches = noise, [], [], []
-    batch, device, dtype = noise.shape[0], noise.device, noise.dtype
+    batch, device = noise.shape[0], noise.device
+    sigmas = sigmas.to(device, noise.dtype)
     for i in range(len(sigmas) - 1):
-        sigma = sigmas[i].to(device, dtype).expand(batch)
-        sigma_next = sigmas[i + 1].to(device, dtype).expand(batch)
+        sigma, sigma_next = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
         velocity, cache = host.forward_with_cache(x, sigma, cond_rows, sigma_next if host.is_meanflow else None,
                                                   guidance_for(host, guidance, batch, device))
         inputs.append(x)
         outputs.append(velocity)
         caches.append(cache)
-        x = next_sample(x, velocity, sigma, sigma_next)
+        x = euler_step(x, velocity, sigma, sigma_next)
     inputs, outputs = torch.stack(inputs, 1).to(store), torch.stack(outputs, 1).to(store)
     caches = tuple(torch.stack(parts, 1).to(store) for parts in zip(*caches))
     return [Trajectory(prompt, inputs[b], outputs[b], tuple(c[b] for c in caches)) for b, prompt in enumerate(prompts)]
@@ -164,9 +165,7 @@ def build_predictor(config: PredictorConfig, host: HunyuanVideoHost) -> Diffuser
         raise ValueError(f"config key 'init_predictor': {config.init_predictor} was trained for another base model "
                          f"(fingerprint {file.base_fingerprint} != {base_fingerprint(tencent)} of {config.model}); "
                          "start from the DiT's blocks (init_predictor: '') or give the predictor of this base")
-    predictor = DiffusersPredictor(file.spec)
-    predictor.load_official_state_dict(file.state_dict, config.init_predictor)
-    return predictor
+    return DiffusersPredictor.from_file(file, config.init_predictor)
 
 
 FUSION_SLOPE = 0.02  # s * rms(cache): small enough that SiLU is ~linear (quadratic error ~ s/2), large enough for bf16
@@ -271,7 +270,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
             losses["mse"] = (predicted.float() - batch["target"].float()).pow(2).mean()
             loss_p = losses["mse"]
             if gan:
-                fake = next_sample(batch["latents"], predicted, batch["sigma"], batch["sigma_next"])
+                fake = euler_step(batch["latents"], predicted, batch["sigma"], batch["sigma_next"])
                 fake_logits = discriminator(trunk_features(host, taps, fake, batch["sigma_next"], batch["cond"], g))
                 losses["adv"] = hinge_generator_loss(fake_logits)
                 loss_p = loss_p + config.adv_weight * losses["adv"]
@@ -281,7 +280,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
             opt_d.zero_grad(set_to_none=True)
             with accelerator.autocast():
                 with torch.no_grad():
-                    real = next_sample(batch["latents"], batch["target"], batch["sigma"], batch["sigma_next"])
+                    real = euler_step(batch["latents"], batch["target"], batch["sigma"], batch["sigma_next"])
                     real_features = trunk_features(host, taps, real, batch["sigma_next"], batch["cond"], g)
                     fake_features = trunk_features(host, taps, fake.detach(), batch["sigma_next"], batch["cond"], g)
                 losses["disc"] = hinge_discriminator_loss(discriminator(real_features), discriminator(fake_features))

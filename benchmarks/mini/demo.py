@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.mini.dataset import ATTRIBUTES, from_latents
 from benchmarks.mini.metrics import classify, load_classifier
+from benchmarks.mini.run import load_predictor
 from benchmarks.mini.text import encode_prompts
 from disca.hosts.diffusers import load_host
 from disca.sampling import distilled, sample_cached, sample_euler
@@ -52,8 +53,7 @@ def load_demo(weights: str):
     with open(os.path.join(weights, "demo.json")) as f:
         settings = json.load(f)
     host = load_host(os.path.join(weights, "dit.safetensors")).requires_grad_(False).eval()
-    from benchmarks.mini.run import load_predictor
-    predictor = load_predictor(os.path.join(weights, "predictor.safetensors"), host)
+    predictor = load_predictor(os.path.join(weights, "predictor.safetensors"))
     classifier = load_classifier(os.path.join(weights, "classifier.safetensors"))
     return settings, host, predictor, classifier
 

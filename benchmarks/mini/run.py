@@ -1,7 +1,7 @@
 """DisCa-mini, end to end from one seed: data -> classifier -> teacher -> CFG distillation -> MeanFlow (R = 0.2 and
 R = 1.0) -> predictor (MSE, then GAN) -> evaluation -> RESULTS.md, plots and the embedded demo model.
 
-    python -m benchmarks.mini.run --out runs/mini                  # the full run (an H100: ~25 GPU minutes)
+    python -m benchmarks.mini.run --out runs/mini                  # the full run (H100: 17 GPU minutes)
     python -m benchmarks.mini.run --out runs/mini --preset smoke   # the same code on a toy budget (CPU, ~1 minute)
     python -m benchmarks.mini.run --out runs/mini --stages teacher,cfg_distill   # some stages (the rest must exist)
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -27,7 +28,8 @@ from benchmarks.mini.dataset import HELDOUT_SEED, TRAIN_SEED, ClipSpec, from_lat
 from benchmarks.mini.metrics import (ClassifierTraining, attribute_accuracy, classify, count_dit_calls,
                                      frechet_distance, load_classifier, psnr, save_classifier, train_classifier)
 from benchmarks.mini.text import TEXT_DIM, encode_prompts, write_prompt_caches
-from disca.hosts.diffusers import HunyuanVideoHost, load_host
+from disca.formats import load_predictor_file
+from disca.hosts.diffusers import DiffusersPredictor, HunyuanVideoHost, load_host
 from disca.sampling import distilled, guided, sample_cached, sample_euler
 from disca.schedules import AnchorSchedule, flow_sigmas
 from training.config import build_config
@@ -76,7 +78,7 @@ class Preset:
 
 
 PRESETS = {
-    "full": Preset(),  # the budget: ~25 H100 minutes over three leases (stage times in RESULTS.md)
+    "full": Preset(),  # the committed run: 17 H100 minutes over three leases (stage times in RESULTS.md)
     "smoke": Preset(spec=ClipSpec(frames=3, size=32), train_clips=48, held_out=6, real_reference=12,
                     dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2),
                     classifier=ClassifierTraining(clips=32, steps=3, batch_size=8), classifier_min_accuracy=0.0,
@@ -101,27 +103,26 @@ SEED = 0
 
 # ---------------------------------------------------------------------------------------------------- paths
 
+FILES = {  # what each stage (and its inputs) leaves under --out; a stage is done when its file exists
+    "prompts": "data/prompts.safetensors", "negative": "data/negative.safetensors",
+    "latents": "data/latents.safetensors", "predictor_prompts": "data/predictor_prompts.safetensors",
+    "classifier": "classifier.safetensors", "classifier_report": "classifier.json", "init_dit": "init_dit.safetensors",
+    "teacher": "teacher/flow_matching_dit.safetensors", "cfg_distill": "cfg_distill/cfg_distilled_dit.safetensors",
+    "meanflow_R0.2": "meanflow_R0.2/meanflow_dit.safetensors", "meanflow_R1.0": "meanflow_R1.0/meanflow_dit.safetensors",
+    "predictor_mse": "predictor_mse/predictor.safetensors", "predictor_gan": "predictor_gan/predictor.safetensors",
+    "predictor_mse_long": "predictor_mse_long/predictor.safetensors",
+    "evaluate": "results.json", "report": "RESULTS.md", "embed": "embedded/demo.json",
+}
+
+
 class Paths:
+    """`paths["teacher"]` -> <out>/teacher/flow_matching_dit.safetensors (FILES); `paths.folder(stage)` -> <out>/<stage>."""
+
     def __init__(self, out: str):
         self.out = out
 
-    def __getattr__(self, name: str) -> str:
-        files = {
-            "prompts": "data/prompts.safetensors", "negative": "data/negative.safetensors",
-            "latents": "data/latents.safetensors", "predictor_prompts": "data/predictor_prompts.safetensors",
-            "classifier": "classifier.safetensors", "classifier_report": "classifier.json",
-            "init_dit": "init_dit.safetensors", "teacher": "teacher/flow_matching_dit.safetensors",
-            "cfg_distill": "cfg_distill/cfg_distilled_dit.safetensors",
-            "meanflow_R0.2": "meanflow_R0.2/meanflow_dit.safetensors",
-            "meanflow_R1.0": "meanflow_R1.0/meanflow_dit.safetensors",
-            "predictor_mse": "predictor_mse/predictor.safetensors",
-            "predictor_gan": "predictor_gan/predictor.safetensors",
-            "predictor_mse_long": "predictor_mse_long/predictor.safetensors",
-            "evaluate": "results.json", "report": "RESULTS.md", "embed": "embedded/demo.json",
-        }
-        if name not in files:
-            raise AttributeError(name)
-        return os.path.join(self.out, files[name])
+    def __getitem__(self, name: str) -> str:
+        return os.path.join(self.out, FILES[name])
 
     def folder(self, stage: str) -> str:
         return os.path.join(self.out, stage)
@@ -131,14 +132,14 @@ class Paths:
 
 def make_data(preset: Preset, paths: Paths) -> None:
     """Prompt caches (train + the predictor's subset), the empty negative, and the training latents (fp16)."""
-    folder = os.path.dirname(paths.prompts)
+    folder = os.path.dirname(paths["prompts"])
     write_prompt_caches(folder, preset.train_clips, TRAIN_SEED, preset.spec)
-    write_prompt_caches_subset(paths.prompts, paths.predictor_prompts, preset.predictor_prompts)
+    write_prompt_caches_subset(paths["prompts"], paths["predictor_prompts"], preset.predictor_prompts)
     chunks = []
     for start in range(0, preset.train_clips, 1024):
         video, _, _ = make_batch(TRAIN_SEED, range(start, min(start + 1024, preset.train_clips)), preset.spec)
         chunks.append(to_latents(video).half())
-    save_latents(paths.latents, torch.cat(chunks))
+    save_latents(paths["latents"], torch.cat(chunks))
 
 
 def write_prompt_caches_subset(source: str, target: str, count: int) -> None:
@@ -154,14 +155,14 @@ def make_classifier(preset: Preset, paths: Paths, device: torch.device) -> None:
     model = train_classifier(preset.classifier, spec=preset.spec, device=device).cpu()
     video, labels, _ = make_batch(HELDOUT_SEED, range(preset.real_reference), preset.spec)
     accuracy = attribute_accuracy(classify(model, video)[0], labels)
-    with open(paths.classifier_report, "w") as f:
+    with open(paths["classifier_report"], "w") as f:
         json.dump({"held_out_real_accuracy": accuracy, "clips": preset.real_reference}, f, indent=2)
     logger.info("classifier accuracy on %d real held-out clips: %s", preset.real_reference, accuracy)
     weak = {k: v for k, v in accuracy.items() if k != "all" and v < preset.classifier_min_accuracy}
     if weak:
         raise RuntimeError(f"the attribute classifier is too weak to judge generated videos: {weak} < "
                            f"{preset.classifier_min_accuracy} on real held-out clips; fix it before evaluating")
-    save_classifier(paths.classifier, model)
+    save_classifier(paths["classifier"], model)
 
 
 def init_dit(preset: Preset, path: str) -> None:
@@ -186,25 +187,25 @@ def init_dit(preset: Preset, path: str) -> None:
 def stage_configs(preset: Preset, paths: Paths) -> dict[str, dict]:
     """The `training/` config of every model stage (what `accelerate launch training/train.py` would read)."""
     common = dict(seed=SEED, log_every=50, checkpoint_every=100_000, keep_checkpoints=1, guidance=preset.cfg_scale)
-    data = dict(prompts=paths.prompts, latents=paths.latents)
+    data = dict(prompts=paths["prompts"], latents=paths["latents"])
     configs = {
-        "teacher": dict(stage="flow_matching", model=paths.init_dit, negative_prompt=paths.negative,
+        "teacher": dict(stage="flow_matching", model=paths["init_dit"], negative_prompt=paths["negative"],
                         shift=preset.shift, output_dir=paths.folder("teacher"), **data, **preset.teacher),
-        "cfg_distill": dict(stage="cfg_distill", model=paths.teacher, negative_prompt=paths.negative, shift=preset.shift,
+        "cfg_distill": dict(stage="cfg_distill", model=paths["teacher"], negative_prompt=paths["negative"], shift=preset.shift,
                             output_dir=paths.folder("cfg_distill"), **data, **preset.cfg_distill),
     }
     for R in (0.2, 1.0):
-        configs[f"meanflow_R{R}"] = dict(stage="meanflow", model=paths.cfg_distill, R=R, shift=preset.shift,
+        configs[f"meanflow_R{R}"] = dict(stage="meanflow", model=paths["cfg_distill"], R=R, shift=preset.shift,
                                          output_dir=paths.folder(f"meanflow_R{R}"), **data, **preset.meanflow)
-    predictor = dict(stage="predictor", model=getattr(paths, "meanflow_R0.2"), prompts=paths.predictor_prompts,
+    predictor = dict(stage="predictor", model=paths["meanflow_R0.2"], prompts=paths["predictor_prompts"],
                      latent_shape=latent_shape(preset), steps=preset.steps, shift=preset.shift,
                      schedules=("N2", "N3", "N4"), **preset.predictor)
     mse, gan = preset.predictor_mse_steps, preset.predictor_gan_steps
     configs["predictor_mse"] = dict(predictor, output_dir=paths.folder("predictor_mse"), max_steps=mse, mse_steps=mse)
     configs["predictor_gan"] = dict(predictor, output_dir=paths.folder("predictor_gan"), max_steps=gan, mse_steps=0,
-                                    init_predictor=paths.predictor_mse)
+                                    init_predictor=paths["predictor_mse"])
     configs["predictor_mse_long"] = dict(predictor, output_dir=paths.folder("predictor_mse_long"), max_steps=gan,
-                                         mse_steps=gan, init_predictor=paths.predictor_mse)
+                                         mse_steps=gan, init_predictor=paths["predictor_mse"])
     return {name: dict(common, **config) for name, config in configs.items()}
 
 
@@ -231,7 +232,6 @@ def run_training_stage(name: str, raw: dict) -> dict:
 @dataclass
 class EvalSet:
     cond: dict[str, torch.Tensor]
-    negative: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
     prompts: list[str]
     noise: torch.Tensor  # [N, 48, F, h, w], one fixed noise per prompt: every row starts from the same noises
@@ -243,7 +243,7 @@ def eval_set(preset: Preset, classifier) -> EvalSet:
     real, _, _ = make_batch(HELDOUT_SEED, range(preset.real_reference), preset.spec)
     generator = torch.Generator().manual_seed(SEED + 12345)
     noise = torch.randn(preset.held_out, 48, *latent_shape(preset), generator=generator)
-    return EvalSet(encode_prompts(prompts), encode_prompts([""]), labels, prompts, noise, classify(classifier, real)[1])
+    return EvalSet(encode_prompts(prompts), labels, prompts, noise, classify(classifier, real)[1])
 
 
 def generate(sampler, evalset: EvalSet, preset: Preset, host: HunyuanVideoHost, device) -> tuple[torch.Tensor, float, float]:
@@ -269,7 +269,7 @@ def generate(sampler, evalset: EvalSet, preset: Preset, host: HunyuanVideoHost, 
 
 def method_rows(preset: Preset, paths: Paths) -> list[dict]:
     """Every evaluated configuration: (row name, model file, sampler). Samplers take (host, noise, cond)."""
-    rmf, mf = getattr(paths, "meanflow_R0.2"), getattr(paths, "meanflow_R1.0")
+    rmf, mf = paths["meanflow_R0.2"], paths["meanflow_R1.0"]
     g = preset.cfg_scale
     negative = encode_prompts([""])
 
@@ -284,12 +284,12 @@ def method_rows(preset: Preset, paths: Paths) -> list[dict]:
         anchors = AnchorSchedule(interval=interval).anchor_steps(preset.steps)
 
         def sampler(host, noise, cond):
-            predictor = load_predictor(predictor_file, host) if predictor_file else None
+            predictor = load_predictor(predictor_file).to(noise.device) if predictor_file else None
             return sample_cached(host, noise, flow_sigmas(preset.steps, preset.shift), cond, anchors, mode=mode,
                                  predictor=predictor, guidance=g)
         return sampler
 
-    rows = [dict(name=f"teacher {preset.teacher_steps}x2 (CFG {g})", model=paths.teacher, sampler=teacher, group="teacher"),
+    rows = [dict(name=f"teacher {preset.teacher_steps}x2 (CFG {g})", model=paths["teacher"], sampler=teacher, group="teacher"),
             dict(name="MeanFlow (R=1.0) 10 steps", model=mf, sampler=plain(10), group="meanflow"),
             dict(name=f"MeanFlow (R=1.0) {preset.steps} steps", model=mf, sampler=plain(preset.steps), group="meanflow")]
     for steps in (10, preset.steps):
@@ -303,28 +303,17 @@ def method_rows(preset: Preset, paths: Paths) -> list[dict]:
         for stage, label in (("predictor_mse", "MSE"), ("predictor_mse_long", "MSE, +GAN-phase steps as MSE"),
                              ("predictor_gan", "MSE+GAN")):
             rows.append(dict(name=f"DisCa N={interval} ({label})", model=rmf, group=stage,
-                             sampler=cached(interval, "predictor", getattr(paths, stage))))
+                             sampler=cached(interval, "predictor", paths[stage])))
     for row in rows:
-        row["needs"] = [row["model"], paths.teacher] + ([getattr(paths, row["group"])] if row["group"].startswith("predictor") else [])
+        row["needs"] = [row["model"], paths["teacher"]] + ([paths[row["group"]]] if row["group"].startswith("predictor") else [])
     return rows
 
 
-_PREDICTORS: dict[tuple[str, int], torch.nn.Module] = {}
-
-
-def load_predictor(path: str, host: HunyuanVideoHost):
-    """A predictor file (official layout) -> the diffusers predictor on the host's device, loaded once per host."""
-    from disca.formats import load_predictor_file
-    from disca.hosts.diffusers import DiffusersPredictor
-
-    key = (path, id(host))
-    if key not in _PREDICTORS:
-        file = load_predictor_file(path)
-        predictor = DiffusersPredictor(file.spec)
-        predictor.load_official_state_dict(file.state_dict, path)
-        device = next(host.parameters()).device
-        _PREDICTORS[key] = predictor.to(device).eval()
-    return _PREDICTORS[key]
+@functools.cache
+def load_predictor(path: str) -> DiffusersPredictor:
+    """A predictor file (official layout) -> the diffusers-host predictor module, in eval mode; read once per path
+    (each evaluation batch of each row samples with it)."""
+    return DiffusersPredictor.from_file(load_predictor_file(path), path).eval()
 
 
 def evaluate(preset: Preset, paths: Paths, device: torch.device) -> bool:
@@ -332,9 +321,9 @@ def evaluate(preset: Preset, paths: Paths, device: torch.device) -> bool:
     so a run split over leases adds rows as their models appear. Returns whether every row is done."""
     from safetensors.torch import load_file, save_file
 
-    classifier = load_classifier(paths.classifier)
+    classifier = load_classifier(paths["classifier"])
     evalset = eval_set(preset, classifier)
-    results = _read_json(paths.evaluate).get("rows", {})
+    results = _read_json(paths["evaluate"]).get("rows", {})
     strip_path = os.path.join(paths.out, "strip.safetensors")
     strip = load_file(strip_path) if os.path.isfile(strip_path) else {}
     hosts: dict[str, HunyuanVideoHost] = {}
@@ -361,7 +350,7 @@ def evaluate(preset: Preset, paths: Paths, device: torch.device) -> bool:
         logger.info("%-50s calls %5.1f  acc(all) %.3f  FD %.2f  PSNR %.2f dB", row["name"], calls,
                     results[row["name"]]["accuracy"]["all"], results[row["name"]]["frechet_distance"],
                     results[row["name"]]["psnr_vs_teacher"])
-        _write_json(paths.evaluate, {"rows": results, "prompt_0": evalset.prompts[0], "held_out": preset.held_out,
+        _write_json(paths["evaluate"], {"rows": results, "prompt_0": evalset.prompts[0], "held_out": preset.held_out,
                                      "device": device_name(device)})
         save_file(strip, strip_path)
     return done
@@ -390,12 +379,12 @@ def embed(preset: Preset, paths: Paths) -> None:
     and the sampling settings they were evaluated with. `benchmarks/mini/weights/` ships a copy of this folder."""
     import shutil
 
-    folder = os.path.dirname(paths.embed)
+    folder = os.path.dirname(paths["embed"])
     os.makedirs(folder, exist_ok=True)
-    for source, name in ((getattr(paths, "meanflow_R0.2"), "dit"), (paths.predictor_gan, "predictor"),
-                         (paths.classifier, "classifier")):
+    for source, name in ((paths["meanflow_R0.2"], "dit"), (paths["predictor_gan"], "predictor"),
+                         (paths["classifier"], "classifier")):
         shutil.copyfile(source, os.path.join(folder, f"{name}.safetensors"))
-    _write_json(paths.embed, {"steps": preset.steps, "shift": preset.shift, "guidance": preset.cfg_scale, "interval": 4,
+    _write_json(paths["embed"], {"steps": preset.steps, "shift": preset.shift, "guidance": preset.cfg_scale, "interval": 4,
                               "latent_shape": list(latent_shape(preset))})
 
 
@@ -403,10 +392,10 @@ def embed(preset: Preset, paths: Paths) -> None:
 
 def stage_done(stage: str, paths: Paths) -> bool:
     if stage == "data":
-        return all(os.path.isfile(p) for p in (paths.prompts, paths.negative, paths.latents, paths.predictor_prompts))
+        return all(os.path.isfile(p) for p in (paths["prompts"], paths["negative"], paths["latents"], paths["predictor_prompts"]))
     if stage == "evaluate":
-        return _read_json(paths.evaluate).get("complete", False)
-    return os.path.isfile(getattr(paths, stage))
+        return _read_json(paths["evaluate"]).get("complete", False)
+    return os.path.isfile(paths[stage])
 
 
 def run(preset_name: str, out: str, stages: tuple[str, ...] = STAGES, device: str | None = None) -> None:
@@ -429,20 +418,20 @@ def run(preset_name: str, out: str, stages: tuple[str, ...] = STAGES, device: st
         elif stage == "classifier":
             make_classifier(preset, paths, device)
         elif stage == "teacher":
-            if not os.path.isfile(paths.init_dit):
-                init_dit(preset, paths.init_dit)
+            if not os.path.isfile(paths["init_dit"]):
+                init_dit(preset, paths["init_dit"])
             run_training_stage(stage, configs[stage])
         elif stage in configs:
             run_training_stage(stage, configs[stage])
         elif stage == "evaluate":
             if evaluate(preset, paths, device):
-                results = _read_json(paths.evaluate)
-                _write_json(paths.evaluate, {**results, "complete": True})
+                results = _read_json(paths["evaluate"])
+                _write_json(paths["evaluate"], {**results, "complete": True})
         elif stage == "embed":
             embed(preset, paths)
         elif stage == "report":
             from benchmarks.mini.report import write_report
-            write_report(paths.out, paths.report)
+            write_report(paths.out, paths["report"])
         logger.info("stage %s: %.1f s", stage, time.perf_counter() - started)
 
 

@@ -30,8 +30,8 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from disca.formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, PredictorSpec, infer_dit_spec, load_safetensors,
-                           read_predictor_state_dict, strip_wrapper_prefix)
+from disca.formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, PredictorFile, PredictorSpec, infer_dit_spec,
+                           load_safetensors, read_predictor_state_dict, strip_wrapper_prefix)
 from disca.hosts.diffusers_keys import (diffusers_to_tencent_dit, diffusers_to_tencent_predictor,
                                         tencent_to_diffusers_dit, tencent_to_diffusers_predictor)
 from disca.predictor import DisCaPredictor
@@ -495,6 +495,13 @@ class DiffusersPredictor(DisCaPredictor):
             else:
                 img, txt = block(img, txt, temb, attention_mask, rotary)
         return img
+
+    @classmethod
+    def from_file(cls, file: PredictorFile, source: str = "predictor") -> "DiffusersPredictor":
+        """A loaded predictor file (`disca.formats.load_predictor_file`: official or ours) as this module."""
+        predictor = cls(file.spec)
+        predictor.load_official_state_dict(file.state_dict, source)
+        return predictor
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         return diffusers_to_tencent_predictor({k: v.detach() for k, v in self.state_dict().items()}, self.spec.arch)
