@@ -56,6 +56,7 @@ def test_unknown_key_lists_the_valid_ones(files):
     ("schedules", ["0 1 2 3 4 5 6 7"], r"makes every one of the 8 steps an anchor"),
     ("gradient_checkpointing", "maybe", r"config key 'gradient_checkpointing': cannot read 'maybe' as bool"),
     ("stage", "distill", r"config key 'stage' must be one of"),
+    ("disc_input", "x0", r"config key 'disc_input': must be one of \('clean_estimate', 'next_sample'\), got 'x0'"),
 ])
 def test_malformed_values_name_the_key(files, key, value, message):
     folder, paths = files

@@ -18,7 +18,7 @@ def predictor_config(folder, paths, arch=ARCH_HV10, **overrides):
     raw = dict(stage="predictor", model=paths["model"], prompts=paths["prompts"], output_dir=str(folder / "run"),
                latent_shape=list(TINY_LATENT[arch]), steps=8, shift=5.0, schedules=["N2", "N3", "N4"],
                held_out_prompts=2, max_steps=MAX_STEPS, mse_steps=MSE_STEPS, batch_size=4, learning_rate=3e-5,
-               disc_learning_rate=1e-2, adv_weight=0.1, log_every=50, checkpoint_every=50, keep_checkpoints=5)
+               disc_learning_rate=1e-3, adv_weight=0.002, log_every=50, checkpoint_every=50, keep_checkpoints=5)
     raw.update(overrides)
     return build_config(raw)
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from disca.formats import ARCH_HV15
 from disca.hosts.diffusers import load_host
 from training import loop
 from training.config import CFGDistillConfig
-from training.data import check_negative_prompt, load_embeddings, load_latents, with_image_condition
+from training.data import load_negative_prompt, load_video_set
 from training.export import finish_distillation
 from training.predictor import select_rows
 
@@ -48,17 +47,8 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
     student = student.to(device).train()
     if config.gradient_checkpointing:
         student.transformer.enable_gradient_checkpointing()
-    cond = load_embeddings(config.prompts, teacher.arch)
-    negative = load_embeddings(config.negative_prompt, teacher.arch)
-    latents = load_latents(config.latents)
-    if latents.shape[0] != cond["prompt_embeds"].shape[0]:
-        raise ValueError(f"config keys 'latents'/'prompts': {latents.shape[0]} videos vs "
-                         f"{cond['prompt_embeds'].shape[0]} prompts; row i must caption video i")
-    check_negative_prompt(negative, cond)
-    if teacher.arch == ARCH_HV15:
-        extra = teacher.transformer.config.in_channels - teacher.transformer.config.out_channels
-        cond = with_image_condition(cond, extra, tuple(latents.shape[2:]))
-        negative = with_image_condition(negative, extra, tuple(latents.shape[2:]))
+    cond, latents = load_video_set(config, teacher, device)
+    negative = load_negative_prompt(config, teacher, cond, latents, device)
     model, optimizer, state, unwrapped = loop.prepare_single_model_stage(accelerator, config, student, resume,
                                                                         "disca_cfg_distill")
 

@@ -17,6 +17,7 @@ from disca.schedules import PRESETS, AnchorSchedule, ScheduleError, parse_step_l
 STAGES = ("predictor", "meanflow", "cfg_distill", "flow_matching")
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
+DISC_INPUTS = ("clean_estimate", "next_sample")
 
 
 class ConfigError(ValueError):
@@ -95,6 +96,7 @@ class PredictorConfig(CommonConfig):
     adv_weight: float = 1.0  # weight of the adversarial term in the predictor loss (paper: 1.0)
     disc_taps: tuple[int, ...] = ()  # DiT block indices whose image tokens feed a head; empty = 3 spread over the depth
     disc_width: int = 256  # hidden width of each spectral-norm head
+    disc_input: str = "clean_estimate"  # what D judges: 'clean_estimate' (x_t - t u, at sigma 0) or 'next_sample' (x_r at r)
     reference_images: str = ""  # 1.5 I2V: image_cache_file written by `training.data encode` (row i = prompt i); empty = text-to-video
 
     def __post_init__(self):
@@ -122,6 +124,7 @@ class PredictorConfig(CommonConfig):
         _require(self.disc_learning_rate > 0, "disc_learning_rate", f"must be > 0, got {self.disc_learning_rate}")
         _require(self.adv_weight >= 0, "adv_weight", f"must be >= 0, got {self.adv_weight}")
         _require(self.disc_width >= 1, "disc_width", f"must be >= 1, got {self.disc_width}")
+        _require(self.disc_input in DISC_INPUTS, "disc_input", f"must be one of {DISC_INPUTS}, got {self.disc_input!r}")
         _require(not self.reference_images or os.path.isfile(self.reference_images), "reference_images",
                  f"{self.reference_images} is not a file; create it with `python -m training.data encode` from a "
                  "[[datasets]] image_directory, or leave it empty for text-to-video")
@@ -141,10 +144,22 @@ class PredictorConfig(CommonConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class MeanFlowConfig(CommonConfig):
+class VideoSetConfig(CommonConfig):
+    """Fields of the stages that train on cached videos (meanflow, cfg_distill, flow_matching)."""
+
+    latents: str  # cached video latents (training.data latents file), [N, C, F, H, W]; row i is captioned by prompt i
+    data_on_device: bool = False  # hold latents and prompts in GPU memory: small sets only (no per-step host copies)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(os.path.isfile(self.latents), "latents", f"{self.latents} is not a file; cache latents with "
+                 "`python -m training.data latents`")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeanFlowConfig(VideoSetConfig):
     """Restricted MeanFlow distillation of a (CFG-distilled) flow teacher into a MeanFlow student."""
 
-    latents: str  # cached video latents (training.data latents file), [N, C, F, H, W]
     R: float = 0.2  # largest interval t - r sampled (paper: 0.2 best); must be in (0, 1]
     boundary_fraction: float = 0.25  # share of samples with r = t (plain flow matching, anchors v)
     shift: float = 5.0  # t = shift*s / (1 + (shift-1)*s), s ~ U(0, 1): matches the deployment schedule
@@ -157,8 +172,6 @@ class MeanFlowConfig(CommonConfig):
     def __post_init__(self):
         super().__post_init__()
         _require(self.stage == "meanflow", "stage", f"a meanflow config needs stage: meanflow, got {self.stage!r}")
-        _require(os.path.isfile(self.latents), "latents", f"{self.latents} is not a file; cache latents with "
-                 "`python -m training.data latents`")
         _require(0 < self.R <= 1, "R", f"must be in (0, 1] (the largest t - r on the sigma scale; paper: 0.2), got {self.R}")
         _require(0 <= self.boundary_fraction < 1, "boundary_fraction", f"must be in [0, 1), got {self.boundary_fraction}")
         _require(self.shift > 0, "shift", f"must be > 0, got {self.shift}")
@@ -171,10 +184,9 @@ class MeanFlowConfig(CommonConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CFGDistillConfig(CommonConfig):
+class CFGDistillConfig(VideoSetConfig):
     """Fold classifier-free guidance into a guidance-embedded student (for bases that are not guidance-distilled)."""
 
-    latents: str  # cached video latents, [N, C, F, H, W]
     negative_prompt: str  # cached embedding of the negative/empty prompt (one row), the unconditional branch
     guidance_min: float = 1.0  # smallest CFG scale the student learns
     guidance_max: float = 8.0  # largest CFG scale the student learns
@@ -183,7 +195,6 @@ class CFGDistillConfig(CommonConfig):
     def __post_init__(self):
         super().__post_init__()
         _require(self.stage == "cfg_distill", "stage", f"a cfg_distill config needs stage: cfg_distill, got {self.stage!r}")
-        _require(os.path.isfile(self.latents), "latents", f"{self.latents} is not a file")
         _require(os.path.isfile(self.negative_prompt), "negative_prompt", f"{self.negative_prompt} is not a file")
         _require(0 <= self.guidance_min <= self.guidance_max, "guidance_min",
                  f"need 0 <= guidance_min <= guidance_max, got {self.guidance_min}, {self.guidance_max}")
@@ -191,10 +202,9 @@ class CFGDistillConfig(CommonConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FlowMatchingConfig(CommonConfig):
+class FlowMatchingConfig(VideoSetConfig):
     """Plain flow-matching training of a DiT with prompt dropout: a from-scratch teacher or a fine-tune of a base."""
 
-    latents: str  # cached video latents, [N, C, F, H, W]
     negative_prompt: str  # cached embedding of the empty/negative prompt (one row): dropped prompts use it, so CFG works
     prompt_dropout: float = 0.1  # share of samples trained on the negative prompt (the unconditional branch of CFG)
     shift: float = 1.0  # t = shift*s / (1 + (shift-1)*s), s ~ U(0, 1); > 1 spends more steps at high noise
@@ -202,7 +212,6 @@ class FlowMatchingConfig(CommonConfig):
     def __post_init__(self):
         super().__post_init__()
         _require(self.stage == "flow_matching", "stage", f"a flow_matching config needs stage: flow_matching, got {self.stage!r}")
-        _require(os.path.isfile(self.latents), "latents", f"{self.latents} is not a file")
         _require(os.path.isfile(self.negative_prompt), "negative_prompt", f"{self.negative_prompt} is not a file")
         _require(0 <= self.prompt_dropout < 1, "prompt_dropout", f"must be in [0, 1), got {self.prompt_dropout}")
         _require(self.shift > 0, "shift", f"must be > 0, got {self.shift}")

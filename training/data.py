@@ -30,7 +30,7 @@ import tomllib
 
 import torch
 
-from disca.formats import ARCHES, DisCaFormatError, load_safetensors, save_safetensors
+from disca.formats import ARCH_HV15, ARCHES, DisCaFormatError, load_safetensors, save_safetensors
 from disca.hosts.diffusers import COND_KEYS
 
 META_ARCH = "disca.arch"
@@ -177,6 +177,32 @@ def load_latents(path: str) -> torch.Tensor:
     if latents is None or latents.ndim != 5 or latents.shape[0] == 0:
         raise DataError(f"{path}: expected a non-empty '{LATENTS_KEY}' tensor [N, C, F, H, W]")
     return latents
+
+
+def load_video_set(config, host, device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(prompt cache, latents) of a stage that trains on videos, row i captioning video i, with 1.5's condition
+    channels added. With config.data_on_device both are moved to `device` once: on a small set that removes the
+    per-step host gather and copy, which dominate the step time of a small model; the default keeps them in host
+    memory, where a full-size video set belongs."""
+    cond = load_embeddings(config.prompts, host.arch)
+    latents = load_latents(config.latents)
+    if latents.shape[0] != cond["prompt_embeds"].shape[0]:
+        raise DataError(f"config keys 'latents'/'prompts': {config.latents} holds {latents.shape[0]} videos but "
+                        f"{config.prompts} holds {cond['prompt_embeds'].shape[0]} prompts; row i must caption video i")
+    if host.arch == ARCH_HV15:
+        cond = with_image_condition(cond, host.condition_channels, tuple(latents.shape[2:]))
+    if config.data_on_device:
+        latents, cond = latents.to(device), {k: v.to(device) for k, v in cond.items()}
+    return cond, latents
+
+
+def load_negative_prompt(config, host, cond: dict[str, torch.Tensor], latents: torch.Tensor, device) -> dict[str, torch.Tensor]:
+    """The negative/empty prompt's cache (one row), shaped like the prompt rows it replaces or joins, on `device`."""
+    negative = load_embeddings(config.negative_prompt, host.arch)
+    check_negative_prompt(negative, cond)
+    if host.arch == ARCH_HV15:
+        negative = with_image_condition(negative, host.condition_channels, tuple(latents.shape[2:]))
+    return {k: v.to(device) for k, v in negative.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- dataset files

@@ -18,7 +18,7 @@ import torch
 from disca.hosts.diffusers import load_host
 from training import loop
 from training.config import FlowMatchingConfig
-from training.data import check_negative_prompt, load_embeddings, load_latents
+from training.data import load_negative_prompt, load_video_set
 from training.export import finish_distillation
 from training.predictor import select_rows
 
@@ -42,13 +42,8 @@ def train(config: FlowMatchingConfig, resume: bool = False) -> dict:
     student = student.to(device).train()
     if config.gradient_checkpointing:
         student.transformer.enable_gradient_checkpointing()
-    cond = load_embeddings(config.prompts, student.arch)
-    negative = load_embeddings(config.negative_prompt, student.arch)
-    check_negative_prompt(negative, cond)
-    latents = load_latents(config.latents)
-    if latents.shape[0] != cond["prompt_embeds"].shape[0]:
-        raise ValueError(f"config keys 'latents'/'prompts': {latents.shape[0]} videos vs "
-                         f"{cond['prompt_embeds'].shape[0]} prompts; row i must caption video i")
+    cond, latents = load_video_set(config, student, device)
+    negative = load_negative_prompt(config, student, cond, latents, device)
     model, optimizer, state, unwrapped = loop.prepare_single_model_stage(accelerator, config, student, resume,
                                                                         "disca_flow_matching")
 
@@ -57,8 +52,8 @@ def train(config: FlowMatchingConfig, resume: bool = False) -> dict:
         t = loop.shifted_times(generator, batch, config.shift).to(device)
         dropped = torch.rand(batch, generator=generator) < config.prompt_dropout
         x0, noise, x_t = loop.noised(latents, rows, t, generator, device)
-        rows_cond = drop_prompts(select_rows(cond, rows), negative, dropped)
-        return x_t, t, noise - x0, {k: v.to(device) for k, v in rows_cond.items()}
+        rows_cond = {k: v.to(device) for k, v in select_rows(cond, rows).items()}
+        return x_t, t, noise - x0, drop_prompts(rows_cond, negative, dropped.to(device))
 
     def compute_losses(step: int, generator: torch.Generator) -> dict:
         x_t, t, velocity, rows_cond = draw(generator, config.batch_size)

@@ -21,11 +21,10 @@ import os
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from disca.formats import ARCH_HV15
 from disca.hosts.diffusers import HunyuanVideoHost, load_host
 from training import loop
 from training.config import MeanFlowConfig
-from training.data import load_embeddings, load_latents, with_image_condition
+from training.data import load_video_set
 from training.export import finish_distillation
 from training.predictor import guidance_for, select_rows
 
@@ -90,18 +89,6 @@ def build_student(config: MeanFlowConfig) -> HunyuanVideoHost:
     return student
 
 
-def _load_data(config, host):
-    cond = load_embeddings(config.prompts, host.arch)
-    latents = load_latents(config.latents)
-    if latents.shape[0] != cond["prompt_embeds"].shape[0]:
-        raise ValueError(f"config keys 'latents'/'prompts': {config.latents} holds {latents.shape[0]} videos but "
-                         f"{config.prompts} holds {cond['prompt_embeds'].shape[0]} prompts; row i must caption video i")
-    if host.arch == ARCH_HV15:
-        extra = host.transformer.config.in_channels - host.transformer.config.out_channels
-        cond = with_image_condition(cond, extra, tuple(latents.shape[2:]))
-    return cond, latents
-
-
 def _teacher_velocity(teacher: HunyuanVideoHost, x, t, cond, guidance):
     with torch.no_grad():
         return teacher(x, t, cond, t if teacher.is_meanflow else None, guidance)
@@ -124,7 +111,7 @@ def train(config: MeanFlowConfig, resume: bool = False) -> dict:
     student = build_student(config).to(device).train()
     if config.gradient_checkpointing:
         student.transformer.enable_gradient_checkpointing()
-    cond, latents = _load_data(config, teacher)
+    cond, latents = load_video_set(config, teacher, device)
     model, optimizer, state, unwrapped = loop.prepare_single_model_stage(accelerator, config, student, resume,
                                                                         "disca_meanflow")
 
@@ -169,7 +156,7 @@ def calibrate(config: MeanFlowConfig, epsilons: tuple[float, ...] = CALIBRATION_
     torch.manual_seed(config.seed)
     teacher = load_host(config.model).requires_grad_(False).eval()
     student = build_student(config).requires_grad_(False).eval()
-    cond, latents = _load_data(config, teacher)
+    cond, latents = load_video_set(config, teacher, "cpu")
     x_t, t, r, rows = _draw(config, cond, latents, loop.step_generator(config.seed, 0, 0), "cpu", config.batch_size)
     g = guidance_for(student, config.guidance, config.batch_size, "cpu")
     v_teacher = _teacher_velocity(teacher, x_t, t, rows, guidance_for(teacher, config.guidance, config.batch_size, "cpu"))

@@ -124,6 +124,18 @@ def _to(value, device, dtype):
     return value.to(device, dtype if value.is_floating_point() else None)
 
 
+def discriminator_input(batch: dict, velocity: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample D judges and its sigma, from a step's velocity (the DiT's: real; the predictor's: fake).
+
+    'next_sample': x_r = x_t - (t - r) u at r. Real and fake come from the same x_t, so they differ by (t - r) du:
+    a few per mille of a sample still mostly noise, which D barely separates (DisCa-mini: hinge loss stuck at 2).
+    'clean_estimate': x_0 = x_t - t u at sigma 0, the end point the velocity implies; the same du, t / (t - r) times
+    larger (5-20x on a 20-step schedule) and on a noise-free sample, where blur and artefacts are visible.
+    """
+    end = batch["sigma_next"] if where == "next_sample" else torch.zeros_like(batch["sigma_next"])
+    return euler_step(batch["latents"], velocity, batch["sigma"], end), end
+
+
 def _predicted(host, predictor, batch, guidance):
     return host.predict(predictor, batch["latents"], batch["sigma"], batch["cond"], batch["cache"],
                         batch["sigma_next"] if host.is_meanflow else None, guidance)
@@ -209,10 +221,9 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
         host.transformer.enable_gradient_checkpointing()
     cond = load_embeddings(config.prompts, host.arch)
     if host.arch == ARCH_HV15:
-        extra = host.transformer.config.in_channels - host.transformer.config.out_channels
         references = (load_references(config.reference_images, host.arch, cond["prompt_embeds"].shape[0])
                       if config.reference_images else None)
-        cond = with_image_condition(cond, extra, config.latent_shape, references)
+        cond = with_image_condition(cond, host.condition_channels, config.latent_shape, references)
     elif config.reference_images:
         raise DataError(f"config key 'reference_images': {host.arch} takes no reference images (I2V is a "
                         "HunyuanVideo-1.5 input); leave it empty")
@@ -270,8 +281,8 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
             losses["mse"] = (predicted.float() - batch["target"].float()).pow(2).mean()
             loss_p = losses["mse"]
             if gan:
-                fake = euler_step(batch["latents"], predicted, batch["sigma"], batch["sigma_next"])
-                fake_logits = discriminator(trunk_features(host, taps, fake, batch["sigma_next"], batch["cond"], g))
+                fake, judged_at = discriminator_input(batch, predicted, config.disc_input)
+                fake_logits = discriminator(trunk_features(host, taps, fake, judged_at, batch["cond"], g))
                 losses["adv"] = hinge_generator_loss(fake_logits)
                 loss_p = loss_p + config.adv_weight * losses["adv"]
         accelerator.backward(loss_p)
@@ -280,9 +291,9 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
             opt_d.zero_grad(set_to_none=True)
             with accelerator.autocast():
                 with torch.no_grad():
-                    real = euler_step(batch["latents"], batch["target"], batch["sigma"], batch["sigma_next"])
-                    real_features = trunk_features(host, taps, real, batch["sigma_next"], batch["cond"], g)
-                    fake_features = trunk_features(host, taps, fake.detach(), batch["sigma_next"], batch["cond"], g)
+                    real, _ = discriminator_input(batch, batch["target"], config.disc_input)
+                    real_features = trunk_features(host, taps, real, judged_at, batch["cond"], g)
+                    fake_features = trunk_features(host, taps, fake.detach(), judged_at, batch["cond"], g)
                 losses["disc"] = hinge_discriminator_loss(discriminator(real_features), discriminator(fake_features))
             accelerator.backward(losses["disc"])
         values = loop.gather_losses(accelerator, losses)

@@ -102,6 +102,11 @@ class HunyuanVideoHost(nn.Module):
         return self.transformer.dtype
 
     @property
+    def condition_channels(self) -> int:
+        """Input channels beyond the latent's: 1.5's image condition + mask (0 for 1.0)."""
+        return self.transformer.config.in_channels - self.transformer.config.out_channels
+
+    @property
     def is_meanflow(self) -> bool:
         if self.arch == ARCH_HV10:
             return self.time_r_in is not None
