@@ -14,6 +14,7 @@ compares. The student's r-embedder follows ComfyUI's convention (disca.hosts.dif
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,13 +48,28 @@ def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.ndim - 1)))
 
 
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 without TF32: cuDNN convolutions (the DiT's patch embedding) use TF32 by default on Ampere and later, and
+    its ~5e-4 relative rounding swamps the difference of two forwards 1e-4 apart (DisCa-mini on the H100: du/dt RMS
+    ~50 and a MeanFlow objective that rose, where the CPU calibration had measured 0.1% FD error)."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def time_derivative(u_fn, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v: torch.Tensor, method: str,
                     epsilon: float = 1e-3) -> torch.Tensor:
     """du/dt of u_fn(x, t, r) along (v, 1, 0), no grad. x, v: [B, ...]; t, r: [B] (sigma scale).
 
     'jvp': exact forward-mode AD; flash/efficient SDPA kernels have no forward-AD rule, so attention runs in math mode.
-    'finite_difference': [u(x + e v, t + e, r) - u(x - e v, t - e, r)] / 2e, forwards in fp32 (bf16 FD is useless,
-    distillation.md §4.6), difference in fp64.
+    'finite_difference': [u(x + e v, t + e, r) - u(x - e v, t - e, r)] / 2e, forwards in fp32 without TF32 (bf16 or
+    TF32 FD is useless, distillation.md §4.6), difference in fp64.
     """
     with torch.no_grad():
         if method == "jvp":
@@ -62,7 +78,7 @@ def time_derivative(u_fn, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v: 
             return dudt
         if method != "finite_difference":
             raise ValueError(f"derivative must be 'jvp' or 'finite_difference', got {method!r}")
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False), exact_fp32():
             x32, v32, t32, r32 = x.float(), v.float(), t.float(), r.float()
             plus = u_fn(x32 + epsilon * v32, t32 + epsilon, r32)
             minus = u_fn(x32 - epsilon * v32, t32 - epsilon, r32)
@@ -148,28 +164,31 @@ def train(config: MeanFlowConfig, resume: bool = False) -> dict:
     return finish_distillation(accelerator, config, model, unwrapped, report, "meanflow_dit.safetensors", R=config.R)
 
 
-def calibrate(config: MeanFlowConfig, epsilons: tuple[float, ...] = CALIBRATION_EPSILONS) -> dict:
+def calibrate(config: MeanFlowConfig, epsilons: tuple[float, ...] = CALIBRATION_EPSILONS, device=None) -> dict:
     """Relative error |FD - JVP| / |JVP| of du/dt on one batch, per epsilon: pick fd_epsilon from this table.
 
-    Run it at low resolution (math attention is O(L^2) memory) on the real weights before a large FD run.
+    Run it at low resolution (math attention is O(L^2) memory) on the real weights before a large FD run, on the
+    device that will train (default: the GPU when there is one): its kernels set the FD's rounding floor.
     """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(config.seed)
-    teacher = load_host(config.model).requires_grad_(False).eval()
-    student = build_student(config).requires_grad_(False).eval()
+    teacher = load_host(config.model).requires_grad_(False).eval().to(device)
+    student = build_student(config).requires_grad_(False).eval().to(device)
     cond, latents = load_video_set(config, teacher, "cpu")
-    x_t, t, r, rows = _draw(config, cond, latents, loop.step_generator(config.seed, 0, 0), "cpu", config.batch_size)
-    g = guidance_for(student, config.guidance, config.batch_size, "cpu")
-    v_teacher = _teacher_velocity(teacher, x_t, t, rows, guidance_for(teacher, config.guidance, config.batch_size, "cpu"))
+    x_t, t, r, rows = _draw(config, cond, latents, loop.step_generator(config.seed, 0, 0), device, config.batch_size)
+    g = guidance_for(student, config.guidance, config.batch_size, device)
+    v_teacher = _teacher_velocity(teacher, x_t, t, rows, guidance_for(teacher, config.guidance, config.batch_size, device))
 
     def u_fn(x, tt, rr):
         return student(x, tt, rows, rr, g)
 
-    exact = time_derivative(u_fn, x_t, t, r, v_teacher, "jvp").double()
+    with exact_fp32():
+        exact = time_derivative(u_fn, x_t, t, r, v_teacher, "jvp").double()
     table = {}
     for epsilon in epsilons:
         approx = time_derivative(u_fn, x_t, t, r, v_teacher, "finite_difference", epsilon).double()
         table[str(epsilon)] = float((approx - exact).norm() / exact.norm().clamp_min(1e-30))
-    result = {"relative_error_by_epsilon": table, "dudt_over_u": float(exact.norm() / u_fn(x_t, t, r).double().norm()),
+    result = {"device": str(device), "relative_error_by_epsilon": table, "dudt_over_u": float(exact.norm() / u_fn(x_t, t, r).double().norm()),
               "best_epsilon": float(min(table, key=table.get))}
     os.makedirs(config.output_dir, exist_ok=True)
     with open(os.path.join(config.output_dir, "calibration.json"), "w") as f:

@@ -28,7 +28,7 @@ case "${1:-}" in
     echo "teacher throughput $rate it/s -> $steps steps in ${TEACHER_SECONDS}s"
     start --stages data,classifier,teacher --teacher-steps "$steps" ;;
   rest)
-    start --stages data,cfg_distill,meanflow_R0.2,meanflow_R1.0,predictor_mse,predictor_gan,predictor_mse_long,evaluate,embed ;;
+    start --stages data,cfg_distill,calibrate,meanflow_R0.2,meanflow_R1.0,predictor_mse,predictor_gan,predictor_mse_long,evaluate,embed ;;
   wait)  # up to ${2:-540} s, or until the run ends
     for _ in $(seq $(( ${2:-540} / 10 ))); do kill -0 "$(cat "$RUN/lease.pid")" 2>/dev/null || break; sleep 10; done
     tr '\r' '\n' < "$RUN/lease.log" | grep -v '^\s*$' | tail -n 12
@@ -39,7 +39,8 @@ case "${1:-}" in
     tar czf "$OUT/reports.tgz" -C "$RUN" preset.json teacher/report.json teacher/stage_seconds.json ;;
   collect)
     split -b 15M "$RUN/embedded/dit.safetensors" "$OUT/dit.part-"
-    cp "$RUN/results.json" "$RUN/strip.safetensors" "$RUN/embedded/predictor.safetensors" "$RUN/lease.log" "$OUT/"
+    cp "$RUN/results.json" "$RUN/strip.safetensors" "$RUN/embedded/predictor.safetensors" "$RUN/lease.log" \
+       "$RUN/calibrate/calibration.json" "$OUT/"
     tar czf "$OUT/reports.tgz" -C "$RUN" preset.json embedded/demo.json $(cd "$RUN" && ls */report.json */stage_seconds.json) ;;
   *) echo "usage: $0 teacher | rest | wait [seconds] | collect-teacher | collect" >&2; exit 2 ;;
 esac

@@ -38,7 +38,7 @@ from training.export import export_dit
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("data", "classifier", "teacher", "cfg_distill", "meanflow_R0.2", "meanflow_R1.0", "predictor_mse",
+STAGES = ("data", "classifier", "teacher", "cfg_distill", "calibrate", "meanflow_R0.2", "meanflow_R1.0", "predictor_mse",
           "predictor_gan", "predictor_mse_long", "evaluate", "report", "embed")
 
 
@@ -118,6 +118,7 @@ FILES = {  # what each stage (and its inputs) leaves under --out; a stage is don
     "latents": "data/latents.safetensors", "predictor_prompts": "data/predictor_prompts.safetensors",
     "classifier": "classifier.safetensors", "classifier_report": "classifier.json", "init_dit": "init_dit.safetensors",
     "teacher": "teacher/flow_matching_dit.safetensors", "cfg_distill": "cfg_distill/cfg_distilled_dit.safetensors",
+    "calibrate": "calibrate/calibration.json",
     "meanflow_R0.2": "meanflow_R0.2/meanflow_dit.safetensors", "meanflow_R1.0": "meanflow_R1.0/meanflow_dit.safetensors",
     "predictor_mse": "predictor_mse/predictor.safetensors", "predictor_gan": "predictor_gan/predictor.safetensors",
     "predictor_mse_long": "predictor_mse_long/predictor.safetensors",
@@ -434,6 +435,10 @@ def run(preset_name: str, out: str, stages: tuple[str, ...] = STAGES, device: st
             if not os.path.isfile(paths["init_dit"]):
                 init_dit(preset, paths["init_dit"])
             run_training_stage(stage, configs[stage])
+        elif stage == "calibrate":  # FD vs exact du/dt on this device, before the MeanFlow stages rely on fd_epsilon
+            from training.meanflow import calibrate
+            calibrate(build_config(dict(configs["meanflow_R0.2"], output_dir=paths.folder("calibrate"), batch_size=8),
+                                   source="DisCa-mini stage calibrate"), device=device)
         elif stage in configs:
             run_training_stage(stage, configs[stage])
         elif stage == "evaluate":
