@@ -124,3 +124,29 @@ def test_calibration_compares_fd_with_jvp(teacher_files):
     print(f"\nFD vs JVP relative error by epsilon: {errors}; |du/dt|/|u| = {result['dudt_over_u']:.1f}")
     assert errors["0.0001"] < 1e-2 < errors["0.01"]
     assert result["best_epsilon"] <= 3e-4
+
+
+def _initial_objective(folder, paths, mixed_precision: str) -> float:
+    """The stage's step-0 held-out objective, in a fresh process (accelerate's state is per process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    raw = dict(stage="meanflow", model=paths["model"], prompts=paths["prompts"], latents=paths["latents"],
+               output_dir=str(folder / f"run_{mixed_precision}"), max_steps=1, batch_size=2, fd_epsilon=1e-4)
+    code = ("import json, sys; from training.config import build_config; from training.meanflow import train; "
+            "r = train(build_config(json.loads(sys.argv[1]))); print('OBJECTIVE', r['eval_mse_initial'])")
+    env = dict(os.environ, ACCELERATE_MIXED_PRECISION=mixed_precision)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(raw)], env=env, check=True, capture_output=True,
+                         text=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+    return float(out.split("OBJECTIVE")[-1])
+
+
+def test_finite_differences_stay_fp32_under_bf16_training(teacher_files):
+    """accelerate's prepare() wraps the student's forward in bf16 autocast; the FD forwards must not inherit it.
+    They did once: bf16 rounding / (2 eps) made du/dt ~20x too large on DisCa-mini and the objective rose."""
+    folder, paths = teacher_files
+    fp32, bf16 = _initial_objective(folder, paths, "no"), _initial_objective(folder, paths, "bf16")
+    print(f"\nstep-0 MeanFlow objective (fd_epsilon 1e-4): fp32 {fp32:.4g}, bf16 training {bf16:.4g}")
+    assert abs(bf16 - fp32) < 0.25 * fp32  # bf16 only in the student's own forward, not in its du/dt

@@ -247,7 +247,10 @@ def finish_step(accelerator, config, state: TrainState, values: dict[str, float]
 def prepare_single_model_stage(accelerator, config, student, resume: bool, project: str):
     """AdamW on the student, `accelerator.prepare`, a checkpointed TrainState, optional resume, trackers.
 
-    Returns (model, optimizer, state, unwrapped student), in accelerate's canonical order.
+    Returns (model, optimizer, state, unwrapped student), in accelerate's canonical order. The unwrapped student has
+    no autocast of its own (keep_fp32_wrapper=False): prepare() wraps forward in bf16 autocast, which overrides an
+    outer `autocast(enabled=False)`, so MeanFlow's fp32 finite differences ran in bf16 (du/dt ~20x off on
+    DisCa-mini). Every training and evaluation forward here runs inside `accelerator.autocast()` instead.
     """
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
                                   weight_decay=config.weight_decay)
@@ -257,4 +260,4 @@ def prepare_single_model_stage(accelerator, config, student, resume: bool, proje
     if resume:
         resume(accelerator, config.output_dir, state)
     accelerator.init_trackers(project, config=flatten_config(config))
-    return model, optimizer, state, accelerator.unwrap_model(model)
+    return model, optimizer, state, accelerator.unwrap_model(model, keep_fp32_wrapper=False)
