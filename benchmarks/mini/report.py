@@ -145,7 +145,8 @@ def write_report(run_folder: str, path: str) -> str:
              "every row. Accuracy: the attribute classifier's agreement with the prompt's attributes; FD: Fréchet "
              "distance of the classifier's features to real held-out clips; PSNR: against the teacher's video from "
              "the same noise. ± is the binomial standard error of the all-attribute accuracy. What these numbers do and "
-             "do not show, and how the run was split over GPU leases: `README.md` (section \"Results\").", ""]
+             "do not show, how the run was split over GPU leases and the GPU minutes it took: `README.md` "
+             "(sections \"The run\" and \"Results\").", ""]
     if classifier:
         acc = classifier["held_out_real_accuracy"]
         lines += [f"Classifier on {classifier['clips']} real held-out clips: " +
