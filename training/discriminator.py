@@ -3,7 +3,8 @@
 Design (reference/distillation.md §6.1, after LADD / SANA-Sprint): the frozen distilled DiT is the feature
 extractor; it sees a sample built from a velocity, the DiT's own (real) or the predictor's (fake), from the same x_t:
 by default the clean estimate x_t - t * u at sigma 0, optionally the next sample x_r at r (`disc_input`;
-`training.predictor.discriminator_input` says why the default is the clean estimate). Image tokens after a few tapped blocks go to one head each; a head is a per-token MLP
+`training.predictor.discriminator_input` says why the default is the clean estimate). Image tokens after a few
+tapped blocks go to one head each; a head is a per-token MLP
 (a 1x1 conv, as StyleGAN-T/SANA heads) with spectral normalisation on every linear, giving one logit per token.
 Loss: hinge (D: relu(1 - D(real)) + relu(1 + D(fake)); predictor: -D(fake)), averaged over tokens and heads.
 

@@ -51,8 +51,7 @@ def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def exact_fp32():
     """fp32 without TF32: cuDNN convolutions (the DiT's patch embedding) use TF32 by default on Ampere and later, and
-    its ~5e-4 relative rounding swamps the difference of two forwards 1e-4 apart (DisCa-mini on the H100: du/dt RMS
-    ~50 and a MeanFlow objective that rose, where the CPU calibration had measured 0.1% FD error)."""
+    its ~5e-4 relative rounding is coarser than the difference of two forwards 1e-4 apart."""
     matmul = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:

@@ -1,7 +1,7 @@
 """DisCa-mini, end to end from one seed: data -> classifier -> teacher -> CFG distillation -> MeanFlow (R = 0.2 and
 R = 1.0) -> predictor (MSE, then GAN) -> evaluation -> RESULTS.md, plots and the embedded demo model.
 
-    python -m benchmarks.mini.run --out runs/mini                  # the full run (H100: 17 GPU minutes)
+    python -m benchmarks.mini.run --out runs/mini                  # the full run (H100: 31 GPU minutes)
     python -m benchmarks.mini.run --out runs/mini --preset smoke   # the same code on a toy budget (CPU, ~1 minute)
     python -m benchmarks.mini.run --out runs/mini --stages teacher,cfg_distill   # some stages (the rest must exist)
 
@@ -88,7 +88,7 @@ class Preset:
 
 
 PRESETS = {
-    "full": Preset(),  # the committed run: 17 H100 minutes over three leases (stage times in RESULTS.md)
+    "full": Preset(),  # the committed run: 31 H100 minutes of stages over two leases (stage times in RESULTS.md)
     "smoke": Preset(spec=ClipSpec(frames=3, size=32), train_clips=48, held_out=6, real_reference=12,
                     dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2),
                     classifier=ClassifierTraining(clips=32, steps=3, batch_size=8), classifier_min_accuracy=0.0,
