@@ -44,9 +44,6 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
                          "CFG distillation is for bases without it: go on to the meanflow or predictor stage")
     student = load_host(config.model, torch.float32)
     student.add_guidance_embedder()
-    student = student.to(device).train()
-    if config.gradient_checkpointing:
-        student.transformer.enable_gradient_checkpointing()
     cond, latents = load_video_set(config, teacher, device)
     negative = load_negative_prompt(config, teacher, cond, latents, device)
     model, optimizer, state, unwrapped = loop.prepare_single_model_stage(accelerator, config, student, resume,

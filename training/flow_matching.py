@@ -39,9 +39,6 @@ def train(config: FlowMatchingConfig, resume: bool = False) -> dict:
         raise ValueError(f"config key 'model': {config.model} is already distilled (it has "
                          f"{'time_r_in' if student.is_meanflow else 'guidance_in'}); flow_matching trains plain flow "
                          "DiTs: give the undistilled base, or continue with the cfg_distill/meanflow/predictor stages")
-    student = student.to(device).train()
-    if config.gradient_checkpointing:
-        student.transformer.enable_gradient_checkpointing()
     cond, latents = load_video_set(config, student, device)
     negative = load_negative_prompt(config, student, cond, latents, device)
     model, optimizer, state, unwrapped = loop.prepare_single_model_stage(accelerator, config, student, resume,

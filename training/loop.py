@@ -245,13 +245,17 @@ def finish_step(accelerator, config, state: TrainState, values: dict[str, float]
 
 
 def prepare_single_model_stage(accelerator, config, student, resume: bool, project: str):
-    """AdamW on the student, `accelerator.prepare`, a checkpointed TrainState, optional resume, trackers.
+    """The student on the device in train mode (block checkpointing per config), AdamW, `accelerator.prepare`, a
+    checkpointed TrainState, optional resume, trackers.
 
     Returns (model, optimizer, state, unwrapped student), in accelerate's canonical order. The unwrapped student has
     no autocast of its own (keep_fp32_wrapper=False): prepare() wraps forward in bf16 autocast, which overrides an
     outer `autocast(enabled=False)`, so MeanFlow's fp32 finite differences ran in bf16 (du/dt ~20x off on
     DisCa-mini). Every training and evaluation forward here runs inside `accelerator.autocast()` instead.
     """
+    student = student.to(accelerator.device).train()
+    if config.gradient_checkpointing:
+        student.transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
                                   weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(student, optimizer)

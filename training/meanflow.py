@@ -123,9 +123,7 @@ def train(config: MeanFlowConfig, resume: bool = False) -> dict:
     torch.manual_seed(config.seed)
     dtype = loop.base_dtype(accelerator, config)
     teacher = load_host(config.model, dtype).to(device).requires_grad_(False).eval()
-    student = build_student(config).to(device).train()
-    if config.gradient_checkpointing:
-        student.transformer.enable_gradient_checkpointing()
+    student = build_student(config)
     cond, latents = load_video_set(config, teacher, device)
     model, optimizer, state, unwrapped = loop.prepare_single_model_stage(accelerator, config, student, resume,
                                                                         "disca_meanflow")
