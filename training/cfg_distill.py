@@ -38,7 +38,7 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
     accelerator = loop.build_accelerator(config)
     device = accelerator.device
     torch.manual_seed(config.seed)
-    teacher = load_host(config.model, loop.base_dtype(accelerator, config)).to(device).requires_grad_(False).eval()
+    teacher = loop.load_frozen_dit(accelerator, config.model, loop.base_dtype(accelerator, config))
     if teacher.is_guidance_embedded:
         raise ValueError(f"config key 'model': {config.model} is already guidance-distilled (it has guidance_in); "
                          "CFG distillation is for bases without it: go on to the meanflow or predictor stage")

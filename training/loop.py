@@ -12,7 +12,9 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import sys
+import time
 
 import torch
 
@@ -44,7 +46,59 @@ def build_accelerator(config):
     from accelerate.utils import ProjectConfiguration
 
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, "logs"))
-    return Accelerator(log_with="tensorboard", project_config=project)
+    return Accelerator(log_with="tensorboard", project_config=project, fsdp_plugin=fsdp_plugin())
+
+
+def fsdp_plugin():
+    """Under an FSDP launch: the accelerate config's plugin, with sharded parameters kept in fp32 (else None).
+
+    accelerate's policy for --mixed_precision bf16 all-gathers bf16 parameters and casts every forward input to bf16;
+    MeanFlow's finite differences (inputs 1e-4 apart, forwards in fp32) would then see nothing but rounding. Compute
+    is still bf16 where it should be: the stages run their training forwards inside `accelerator.autocast()`.
+    Gradients reduce in fp32 as a side effect; the all-gathers move fp32 (2x the bytes of bf16).
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"accelerate config: fsdp_version {plugin.fsdp_version} is not supported; the stages use "
+                         "FSDP2 (fsdp_version: 2, see training/configs/accelerate_fsdp2.yaml)")
+    if plugin.activation_checkpointing:
+        raise ValueError("accelerate config: set fsdp_activation_checkpointing: false; the stages checkpoint each "
+                         "DiT block themselves (gradient_checkpointing: true), and both together recompute every "
+                         "block twice")
+    plugin.mixed_precision_policy = MixedPrecisionPolicy()
+    return plugin
+
+
+def is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def shard_blocks(host, mesh=None) -> None:
+    """FSDP2 units as in accelerate_fsdp2.yaml: one per DiT block, the rest (embedders, final layer) in the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in host.main_blocks():
+        fully_shard(block, mesh=mesh)
+    fully_shard(host, mesh=mesh)
+
+
+def load_frozen_dit(accelerator, path: str, dtype: torch.dtype):
+    """A frozen DiT (teacher, base) for this process: a full copy on the device, or under FSDP sharded block by block
+    like the student, so a 13B bf16 teacher costs 26 GB / processes of each GPU instead of 26 GB."""
+    from disca.hosts.diffusers import load_host
+
+    host = load_host(path, dtype).requires_grad_(False).eval()
+    if is_fsdp(accelerator):
+        shard_blocks(host)  # fully_shard moves each unit's shard to this rank's GPU
+        return host
+    return host.to(accelerator.device)
 
 
 def base_dtype(accelerator, config) -> torch.dtype:
@@ -181,6 +235,22 @@ def max_rank_difference(accelerator, module) -> float | None:
     return float((gathered - gathered[0:1]).abs().max())
 
 
+def reset_peak_memory(accelerator) -> None:
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
+
+
+def loop_resources(accelerator, history: list[dict]) -> dict:
+    """Median step time (the first step, with its one-off warm-up, left out when there are others) and each rank's
+    peak allocated GPU memory since the loop began (None off the GPU); every rank must call it (a gather)."""
+    seconds = [h["step_seconds"] for h in history[1:]] or [h["step_seconds"] for h in history]
+    peak = None
+    if accelerator.device.type == "cuda":
+        local = torch.tensor([torch.cuda.max_memory_allocated(accelerator.device) / 2**30], device=accelerator.device)
+        peak = [round(v, 2) for v in accelerator.gather(local).tolist()]
+    return {"step_seconds_median": statistics.median(seconds) if seconds else None, "peak_memory_gib_per_rank": peak}
+
+
 def write_report(output_dir: str, report: dict) -> str:
     path = os.path.join(output_dir, REPORT)
     tmp = f"{path}.tmp"
@@ -214,7 +284,9 @@ def run_single_model_stage(accelerator, config, state: TrainState, model, optimi
     initial = evaluate() if state.step == 0 else None
     history: list[dict] = []
     bar = progress(accelerator, config.max_steps, state.step, name)
+    reset_peak_memory(accelerator)
     while state.step < config.max_steps:
+        started = time.perf_counter()
         step = state.step
         set_lr(optimizer, lr_at(step, config.learning_rate, config.warmup_steps, config.lr_schedule, config.max_steps))
         with accelerator.autocast():
@@ -225,15 +297,21 @@ def run_single_model_stage(accelerator, config, state: TrainState, model, optimi
         values["grad_norm"] = clip_grad(accelerator, model, config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        finish_step(accelerator, config, state, values, history, bar)
+        finish_step(accelerator, config, state, values, history, bar, started)
     bar.close()
+    resources = loop_resources(accelerator, history)
     return {"stage": name, "steps": state.step, "processes": accelerator.num_processes, "eval_mse_initial": initial,
             "eval_mse_final": evaluate(), "first_losses": history[:3], "last_losses": history[-3:],
-            "rank_param_max_abs_diff": max_rank_difference(accelerator, model)}
+            "rank_param_max_abs_diff": max_rank_difference(accelerator, model), **resources}
 
 
-def finish_step(accelerator, config, state: TrainState, values: dict[str, float], history: list[dict], bar) -> None:
-    """After the optimizer steps: count the step, log it, and checkpoint on schedule (every stage's loop tail)."""
+def finish_step(accelerator, config, state: TrainState, values: dict[str, float], history: list[dict], bar,
+                started: float) -> None:
+    """After the optimizer steps: count the step, log it, and checkpoint on schedule (every stage's loop tail).
+
+    `step_seconds` is the wall time since `started` (the step's top); the step's loss gather already waited for the
+    device, so this is the step's time to within the optimizer update's queueing."""
+    values["step_seconds"] = time.perf_counter() - started
     state.step += 1
     history.append({"step": state.step, **values})
     if state.step % config.log_every == 0 or state.step == config.max_steps:
@@ -253,7 +331,8 @@ def prepare_single_model_stage(accelerator, config, student, resume: bool, proje
     outer `autocast(enabled=False)`, so MeanFlow's fp32 finite differences ran in bf16 (du/dt ~20x off on
     DisCa-mini). Every training and evaluation forward here runs inside `accelerator.autocast()` instead.
     """
-    student = student.to(accelerator.device).train()
+    # under FSDP the student stays on the host until prepare(), whose fully_shard moves one shard per unit to the GPU
+    student = (student if is_fsdp(accelerator) else student.to(accelerator.device)).train()
     if config.gradient_checkpointing:
         student.transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),

@@ -122,7 +122,7 @@ def train(config: MeanFlowConfig, resume: bool = False) -> dict:
     device = accelerator.device
     torch.manual_seed(config.seed)
     dtype = loop.base_dtype(accelerator, config)
-    teacher = load_host(config.model, dtype).to(device).requires_grad_(False).eval()
+    teacher = loop.load_frozen_dit(accelerator, config.model, dtype)
     student = build_student(config)
     cond, latents = load_video_set(config, teacher, device)
     model, optimizer, state, unwrapped = loop.prepare_single_model_stage(accelerator, config, student, resume,

@@ -15,6 +15,7 @@ frozen-DiT features + spectral-norm heads (training/discriminator.py); both play
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -267,7 +268,9 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
 
     history: list[dict] = []
     bar = loop.progress(accelerator, config.max_steps, state.step, "predictor")
+    loop.reset_peak_memory(accelerator)
     while state.step < config.max_steps:
+        started = time.perf_counter()
         step = state.step
         gan = step >= config.mse_steps
         loop.set_lr(opt_p, loop.lr_at(step, config.learning_rate, config.warmup_steps, config.lr_schedule, config.max_steps))
@@ -305,8 +308,9 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
             loop.clip_grad(accelerator, discriminator, config.grad_clip)
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
-        loop.finish_step(accelerator, config, state, values, history, bar)
+        loop.finish_step(accelerator, config, state, values, history, bar, started)
     bar.close()
+    resources = loop.loop_resources(accelerator, history)
 
     rank_difference = loop.max_rank_difference(accelerator, predictor)
     with accelerator.autocast():
@@ -314,7 +318,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
     report = {"stage": "predictor", "steps": state.step, "processes": accelerator.num_processes,
               "held_out_initial": initial, "held_out_final": final, "rank_param_max_abs_diff": rank_difference,
               "first_losses": history[:3], "last_losses": history[-3:], "taps": list(taps), "pairs": pairs,
-              "mse_curve": [h["mse"] for h in history]}
+              "mse_curve": [h["mse"] for h in history], **resources}
     if accelerator.is_main_process:
         step_lists, interval_range = schedule_metadata(config)
         shape = "x".join(str(s) for s in config.latent_shape)

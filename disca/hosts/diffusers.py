@@ -418,14 +418,20 @@ def _extra_embedder(state_dict: dict, name: str, hidden: int) -> nn.Module | Non
 def host_from_diffusers_state_dict(arch: str, config: dict, state_dict: dict[str, torch.Tensor],
                                    source: str = "model") -> HunyuanVideoHost:
     """Build a host from diffusers-keyed weights (+ `time_r_in.*` / `guidance_in.*`), strictly."""
-    transformer = _diffusers_classes()[arch](**config)
+    # built on the meta device and given the loaded tensors: a 13B DiT would otherwise spend minutes and 52 GB on a
+    # random fp32 init that the weights overwrite
+    with torch.device("meta"):
+        transformer = _diffusers_classes()[arch](**config)
     hidden = config["num_attention_heads"] * config["attention_head_dim"]
     extras = {k: v for k, v in state_dict.items() if k.split(".")[0] in ("time_r_in", "guidance_in")}
     main = {k: v for k, v in state_dict.items() if k not in extras}
-    missing, unexpected = transformer.load_state_dict(main, strict=False)
+    missing, unexpected = transformer.load_state_dict(main, strict=False, assign=True)
     if missing or unexpected:
         raise DisCaFormatError(f"{source}: weights do not fit the {arch} diffusers model (missing {missing[:6]}, "
                                f"unexpected {unexpected[:6]}); is it the right HunyuanVideo version?")
+    left_on_meta = [name for name, t in (*transformer.named_parameters(), *transformer.named_buffers()) if t.is_meta]
+    if left_on_meta:
+        raise DisCaFormatError(f"{source}: no weights for {left_on_meta[:6]} of the {arch} diffusers model")
     return HunyuanVideoHost(transformer, _extra_embedder(extras, "time_r_in", hidden),
                             _extra_embedder(extras, "guidance_in", hidden))
 
