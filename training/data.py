@@ -77,7 +77,10 @@ def save_embeddings(path: str, arch: str, cond: dict[str, torch.Tensor], prompts
 
 
 def load_embeddings(path: str, arch: str) -> dict[str, torch.Tensor]:
-    """Cached conditioning for `arch`, checked: same arch as the model, every key present, at least one prompt."""
+    """Cached conditioning for `arch`, checked: same arch as the model, every key present, at least one prompt.
+
+    Floating tensors come back in fp32 whatever they were stored in (a bf16 cache is half the size): the stages'
+    fp32 forwards (MeanFlow's finite differences) take them as they are."""
     try:
         tensors, metadata = load_safetensors(path)
     except DisCaFormatError as error:
@@ -96,7 +99,7 @@ def load_embeddings(path: str, arch: str) -> dict[str, torch.Tensor]:
         raise DataError(f"{path}: tensors disagree on the number of prompts: {counts}")
     if next(iter(counts.values())) == 0:
         raise DataError(f"{path}: the prompt cache is empty (0 prompts); add prompts and encode again")
-    return tensors
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
 def check_negative_prompt(negative: dict[str, torch.Tensor], cond: dict[str, torch.Tensor]) -> None:

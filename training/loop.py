@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 REPORT = "report.json"
+TRAIN_STATE = "train_state.json"
 
 
 class TrainingDiverged(RuntimeError):
@@ -29,16 +30,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainState:
-    """The step counter, saved and restored by accelerate with the rest of the state."""
+    """The step counter, saved as JSON in each checkpoint beside accelerate's state (accelerate would pickle a
+    registered object and load it back with weights_only=False)."""
 
     def __init__(self):
         self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
 
 
 def build_accelerator(config):
@@ -175,6 +171,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, keep: int) -> str:
     accelerator.save_state(tmp, safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        with open(os.path.join(tmp, TRAIN_STATE), "w") as f:
+            json.dump({"step": step}, f)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         root = os.path.join(output_dir, CHECKPOINTS)
@@ -190,7 +188,13 @@ def resume(accelerator, output_dir: str, state: TrainState) -> None:
     if path is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {os.path.join(output_dir, CHECKPOINTS)}; "
                                 "start without --resume or point output_dir at the run to continue")
+    state_file = os.path.join(path, TRAIN_STATE)
+    if not os.path.isfile(state_file):
+        raise FileNotFoundError(f"--resume: {path} has no {TRAIN_STATE}; it was not written by this trainer version "
+                                "(or the save was cut short); start the run again without --resume")
     accelerator.load_state(path)
+    with open(state_file) as f:
+        state.step = int(json.load(f)["step"])
     logger.info("resumed from %s at step %d", path, state.step)
 
 
@@ -322,9 +326,9 @@ def finish_step(accelerator, config, state: TrainState, values: dict[str, float]
         save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints)
 
 
-def prepare_single_model_stage(accelerator, config, student, resume: bool, project: str):
+def prepare_single_model_stage(accelerator, config, student, resuming: bool, project: str):
     """The student on the device in train mode (block checkpointing per config), AdamW, `accelerator.prepare`, a
-    checkpointed TrainState, optional resume, trackers.
+    TrainState, optional resume, trackers.
 
     Returns (model, optimizer, state, unwrapped student), in accelerate's canonical order. The unwrapped student has
     no autocast of its own (keep_fp32_wrapper=False): prepare() wraps forward in bf16 autocast, which overrides an
@@ -339,8 +343,7 @@ def prepare_single_model_stage(accelerator, config, student, resume: bool, proje
                                   weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(student, optimizer)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    if resume:
+    if resuming:
         resume(accelerator, config.output_dir, state)
     accelerator.init_trackers(project, config=flatten_config(config))
     return model, optimizer, state, accelerator.unwrap_model(model, keep_fp32_wrapper=False)

@@ -250,7 +250,6 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=config.disc_learning_rate, betas=(0.0, 0.99))
     predictor, discriminator, opt_p, opt_d = accelerator.prepare(predictor, discriminator, opt_p, opt_d)
     state = loop.TrainState()
-    accelerator.register_for_checkpointing(state)
     if resume:
         loop.resume(accelerator, config.output_dir, state)
     accelerator.init_trackers("disca_predictor", config=loop.flatten_config(config))

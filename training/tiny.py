@@ -52,14 +52,16 @@ def tiny_host(arch: str = ARCH_HV10, seed: int = 0, guidance: bool | None = None
     return HunyuanVideoHost(randomize_(_diffusers_classes()[arch](**config), seed))
 
 
-def tiny_conditioning(arch: str, count: int, seed: int, text_len: int = 8, padded: bool = True) -> dict[str, torch.Tensor]:
-    """Random cached prompt embeddings in our cache format (see training.data); the last prompts get padded masks."""
+def tiny_conditioning(arch: str, count: int, seed: int, text_len: int = 8, padded: bool = True,
+                      text_dim: int = TINY_TEXT_DIM) -> dict[str, torch.Tensor]:
+    """Random cached prompt embeddings in our cache format (see training.data); the last prompts get padded masks.
+    `text_dim`: the DiT's text width (4096 for a full-size model)."""
     generator = torch.Generator().manual_seed(seed)
     mask = torch.ones(count, text_len, dtype=torch.int64)
     if padded:
         for i in range(count):
             mask[i, text_len - (i % 3):] = 0
-    cond = {"prompt_embeds": torch.randn(count, text_len, TINY_TEXT_DIM, generator=generator), "prompt_mask": mask}
+    cond = {"prompt_embeds": torch.randn(count, text_len, text_dim, generator=generator), "prompt_mask": mask}
     if arch == ARCH_HV10:
         cond["pooled_embeds"] = torch.randn(count, 768, generator=generator)
     else:
@@ -71,11 +73,12 @@ def tiny_conditioning(arch: str, count: int, seed: int, text_len: int = 8, padde
     return cond
 
 
-def tiny_latents(arch: str, count: int, seed: int) -> torch.Tensor:
-    """Structured 'video' latents (smooth blobs, not white noise), so a tiny flow has something to learn."""
+def tiny_latents(arch: str, count: int, seed: int, latent_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Structured 'video' latents (smooth blobs, not white noise), so a tiny flow has something to learn; of the
+    tiny problem's size unless `latent_shape` (frames, height, width) is given."""
     generator = torch.Generator().manual_seed(seed)
     channels = TINY_CONFIGS[arch]["out_channels"]
-    frames, height, width = TINY_LATENT[arch]
+    frames, height, width = latent_shape or TINY_LATENT[arch]
     grid_y = torch.linspace(-1, 1, height).view(1, 1, 1, height, 1)
     grid_x = torch.linspace(-1, 1, width).view(1, 1, 1, 1, width)
     centre = torch.rand(count, 2, generator=generator) * 1.2 - 0.6
