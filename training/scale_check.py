@@ -69,13 +69,13 @@ def write_data(folder: Path, prompts: int, latent_shape: tuple[int, int, int], t
 def launch(name: str, config: str, accelerate_config: str, processes: int, args: list[str], out: Path,
            timeout: float, cpu: bool) -> dict:
     """One `accelerate launch` of training/train.py; its output goes to OUT/logs/NAME.log."""
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    command = [accelerate, "launch", "--config_file", str(CONFIGS / accelerate_config), "--num_processes",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / accelerate_config), "--num_processes",
                str(processes), "--main_process_port", "0", *(["--cpu"] if cpu else []),
                str(REPO / "training" / "train.py"), "--config", str(CONFIGS / config), *args]
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=python_path, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
     started = time.perf_counter()
     with open(log, "w") as f:
         f.write("$ " + " ".join(command) + "\n")
@@ -85,7 +85,7 @@ def launch(name: str, config: str, accelerate_config: str, processes: int, args:
                                   timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
-    result = {"command": " ".join(command[1:]).replace(str(REPO) + "/", ""), "returncode": code,
+    result = {"command": "accelerate launch " + " ".join(command[3:]).replace(str(REPO) + "/", ""), "returncode": code,
               "wall_seconds": round(time.perf_counter() - started, 1), "log": str(log)}
     if code != 0:
         result["log_tail"] = log.read_text().splitlines()[-15:]
