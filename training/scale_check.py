@@ -51,6 +51,8 @@ def write_random_dit(path: Path, overrides: dict, meanflow: bool, device: torch.
     state = {k: v.to(torch.bfloat16).cpu() for k, v in host.tencent_state_dict().items()}
     parameters = sum(v.numel() for v in state.values())
     del host
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # hand the GPU to the training processes this one launches
     save_safetensors(str(path), state, {})
     return {"path": str(path), "parameters": parameters, "blocks": [overrides.get("num_layers", 20),
                                                                     overrides.get("num_single_layers", 40)]}
