@@ -46,6 +46,6 @@ def test_stopped_and_resumed_meanflow_run_ends_where_the_uninterrupted_one_ends(
     by_step = {h["step"]: h["loss"] for h in meanflow["uninterrupted"]["last_losses"]}
     assert meanflow["resumed"]["last_losses"][-1]["loss"] == by_step[3]
     # the step counter is JSON, not a pickle loaded with weights_only=False
-    assert "train_state.json" in meanflow["sharded_checkpoint_files"]
-    assert not any(name.startswith("custom_checkpoint") for name in meanflow["sharded_checkpoint_files"])
+    files = meanflow["sharded_checkpoint"]["files"]
+    assert "train_state.json" in files and not any(name.startswith("custom_checkpoint") for name in files)
     assert (out / "meanflow_b" / "meanflow_dit.safetensors").is_file()

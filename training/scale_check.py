@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -110,6 +111,14 @@ def max_difference(file_a: Path, file_b: Path) -> float | None:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
+def folder_listing(folder: Path) -> dict | None:
+    if not folder.is_dir():
+        return None
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return {"files": sorted(str(p.relative_to(folder)) for p in files),
+            "gib": round(sum(p.stat().st_size for p in files) / 2**30, 2)}
+
+
 def summary_of(report: dict | None, keys: tuple[str, ...]) -> dict | None:
     return None if report is None else {k: report.get(k) for k in keys}
 
@@ -169,34 +178,41 @@ def main(argv: list[str] | None = None) -> dict:
         results["predictor"] = {"model": model, "launch": launched,
                                 "report": summary_of(report_of(run_dir), RUN_KEYS + ("held_out_final",))}
         os.remove(model["path"])  # 26 GB at full size; the MeanFlow DiT needs the disk
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (out / "scale_check.json").write_text(json.dumps(results, indent=2))  # kept if a later part is cut short
 
     if "meanflow" in parts:
         teacher = write_random_dit(out / "dit_teacher.safetensors", base | {"num_layers": double, "num_single_layers": single},
                                    meanflow=False, device=device, seed=1)
         common = ["--model", teacher["path"], "--prompts", data["prompts"], "--latents", data["latents"],
-                  "--warmup_steps", "0", "--log_every", "1", "--checkpoint_every", str(args.meanflow_checkpoint),
-                  "--keep_checkpoints", "5"]
-        steps = str(args.meanflow_steps)
+                  "--warmup_steps", "0", "--log_every", "1", "--keep_checkpoints", "1"]
+        steps, stop = str(args.meanflow_steps), str(args.meanflow_checkpoint)
+        # a checkpoint holds fp32 weights + AdamW moments, 12 bytes per parameter (154 GB at 12.8B): only the
+        # checkpoints the comparison needs are written, and the uninterrupted run's are dropped once it has ended
         runs = {
-            "uninterrupted": ["--output_dir", str(out / "meanflow_a"), "--max_steps", steps],
-            "stopped": ["--output_dir", str(out / "meanflow_b"), "--max_steps", str(args.meanflow_checkpoint)],
-            "resumed": ["--output_dir", str(out / "meanflow_b"), "--max_steps", steps, "--resume"],
+            "uninterrupted": ["--output_dir", str(out / "meanflow_a"), "--max_steps", steps, "--checkpoint_every", steps],
+            "stopped": ["--output_dir", str(out / "meanflow_b"), "--max_steps", stop, "--checkpoint_every", stop],
+            "resumed": ["--output_dir", str(out / "meanflow_b"), "--max_steps", steps, "--checkpoint_every", steps, "--resume"],
         }
-        launches = {}
+        launches, checkpoint = {}, None
         for name, extra in runs.items():
             launches[name] = launch(f"meanflow_fsdp2_{name}", "meanflow.yaml", "accelerate_fsdp2.yaml", processes,
                                     common + extra, out, args.timeout, cpu)
+            if name == "uninterrupted":
+                shutil.rmtree(out / "meanflow_a" / "checkpoints", ignore_errors=True)
+            if name == "stopped":
+                checkpoint = folder_listing(out / "meanflow_b" / "checkpoints" / f"step_{stop}")
         uninterrupted, resumed = report_of(out / "meanflow_a"), report_of(out / "meanflow_b")
         exported = "meanflow_dit.safetensors"
-        checkpoint = out / "meanflow_b" / "checkpoints" / f"step_{args.meanflow_checkpoint}"
         results["meanflow"] = {
             "teacher": teacher, "launches": launches,
             "uninterrupted": summary_of(uninterrupted, RUN_KEYS + ("eval_mse_initial", "eval_mse_final")),
             "resumed": summary_of(resumed, RUN_KEYS + ("eval_mse_final",)),
-            "sharded_checkpoint_files": sorted(p.name for p in checkpoint.rglob("*") if p.is_file()) if checkpoint.is_dir() else None,
+            "sharded_checkpoint": checkpoint,
             "resumed_vs_uninterrupted_max_abs_diff": max_difference(out / "meanflow_a" / exported, out / "meanflow_b" / exported),
         }
         os.remove(teacher["path"])
+        shutil.rmtree(out / "meanflow_b" / "checkpoints", ignore_errors=True)
 
     failed = [name for part in ("predictor", "meanflow") if part in results
               for name, run in ({"predictor": results[part]["launch"]} if part == "predictor" else results[part]["launches"]).items()
