@@ -9,9 +9,10 @@ MeanFlow teacher with `--meanflow_layers` double,single blocks) and random full-
 a reduced resolution, then runs `training/train.py` through `accelerate launch` exactly as a creator would:
 
 1. predictor stage, `accelerate_ddp.yaml`: MSE then GAN steps; step time, peak memory per GPU, replicas compared;
-2. meanflow stage, `accelerate_fsdp2.yaml` (sharded student and teacher, finite-difference du/dt), three launches:
-   uninterrupted to `--meanflow_steps`; stopped at `--meanflow_checkpoint`; `--resume`d to the end. The resumed
-   run's exported DiT and losses are compared with the uninterrupted run's.
+2. meanflow stage, `accelerate_fsdp2.yaml` (sharded student and teacher, finite-difference du/dt), four launches:
+   uninterrupted to `--meanflow_steps`; stopped at `--meanflow_checkpoint`; `--resume`d to the end; the uninterrupted
+   run again. The resumed run's exported DiT and losses are compared with the uninterrupted run's, and the repeat
+   measures how far two identical GPU runs drift apart anyway (non-deterministic kernels).
 
 Random weights: the figures are for time and memory only. Results: OUT/scale_check.json, one log per launch in
 OUT/logs/, and the commands that ran.
@@ -193,13 +194,16 @@ def main(argv: list[str] | None = None) -> dict:
             "uninterrupted": ["--output_dir", str(out / "meanflow_a"), "--max_steps", steps, "--checkpoint_every", steps],
             "stopped": ["--output_dir", str(out / "meanflow_b"), "--max_steps", stop, "--checkpoint_every", stop],
             "resumed": ["--output_dir", str(out / "meanflow_b"), "--max_steps", steps, "--checkpoint_every", steps, "--resume"],
+            # the same run again: GPU kernels are not bitwise deterministic, so this is the yardstick for the resume
+            "repeat": ["--output_dir", str(out / "meanflow_c"), "--max_steps", steps, "--checkpoint_every", steps],
         }
         launches, checkpoint = {}, None
         for name, extra in runs.items():
             launches[name] = launch(f"meanflow_fsdp2_{name}", "meanflow.yaml", "accelerate_fsdp2.yaml", processes,
                                     common + extra, out, args.timeout, cpu)
-            if name == "uninterrupted":
-                shutil.rmtree(out / "meanflow_a" / "checkpoints", ignore_errors=True)
+            if name in ("uninterrupted", "repeat"):
+                shutil.rmtree(out / ("meanflow_a" if name == "uninterrupted" else "meanflow_c") / "checkpoints",
+                              ignore_errors=True)
             if name == "stopped":
                 checkpoint = folder_listing(out / "meanflow_b" / "checkpoints" / f"step_{stop}")
         uninterrupted, resumed = report_of(out / "meanflow_a"), report_of(out / "meanflow_b")
@@ -210,6 +214,10 @@ def main(argv: list[str] | None = None) -> dict:
             "resumed": summary_of(resumed, RUN_KEYS + ("eval_mse_final",)),
             "sharded_checkpoint": checkpoint,
             "resumed_vs_uninterrupted_max_abs_diff": max_difference(out / "meanflow_a" / exported, out / "meanflow_b" / exported),
+            "repeat_vs_uninterrupted_max_abs_diff": max_difference(out / "meanflow_a" / exported, out / "meanflow_c" / exported),
+            "losses_by_step": {name: [[h["step"], h["loss"]] for h in (report_of(out / folder) or {}).get("last_losses", [])]
+                               for name, folder in (("uninterrupted", "meanflow_a"), ("resumed", "meanflow_b"),
+                                                    ("repeat", "meanflow_c"))},
         }
         os.remove(teacher["path"])
         shutil.rmtree(out / "meanflow_b" / "checkpoints", ignore_errors=True)
