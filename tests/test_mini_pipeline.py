@@ -59,6 +59,12 @@ def test_demo_writes_a_side_by_side_gif_and_reports_speed_and_verdicts(smoke_run
     assert "speedup" in printed and "classifier, with DisCa" in printed
 
 
+def test_demo_refuses_an_output_that_is_not_a_gif(capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--out", "results"])
+    assert "--out 'results': give the path of a .gif file" in capsys.readouterr().err
+
+
 def test_demo_refuses_prompts_outside_the_vocabulary():
     with pytest.raises(SystemExit, match="does not follow the DisCa-mini pattern"):
         demo.prompt_attributes("a cat playing piano")

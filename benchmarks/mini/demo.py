@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="disca_demo.gif", help="side-by-side GIF to write")
     parser.add_argument("--weights", default=WEIGHTS, help="folder with dit/predictor/classifier safetensors + demo.json")
     args = parser.parse_args(argv)
+    if not args.out.lower().endswith(".gif"):
+        parser.error(f"--out {args.out!r}: give the path of a .gif file to write, e.g. --out disca_demo.gif")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     wanted = prompt_attributes(args.prompt)
     settings, host, predictor, classifier = load_demo(args.weights)
     steps, shift, guidance = settings["steps"], settings["shift"], settings["guidance"]
