@@ -49,3 +49,15 @@ def test_stopped_and_resumed_meanflow_run_ends_where_the_uninterrupted_one_ends(
     files = meanflow["sharded_checkpoint"]["files"]
     assert "train_state.json" in files and not any(name.startswith("custom_checkpoint") for name in files)
     assert (out / "meanflow_b" / "meanflow_dit.safetensors").is_file()
+
+
+def test_meanflow_part_refuses_a_run_the_disk_cannot_hold(tmp_path):
+    import shutil
+
+    from training.scale_check import check_disk_for_meanflow, parameter_count
+
+    assert parameter_count({}) == 12_821_012_544  # diffusers' defaults are HunyuanVideo-1.0: 20 + 40 blocks
+    too_many = shutil.disk_usage(tmp_path).free // 32 + 1
+    with pytest.raises(SystemExit, match="--meanflow_layers: .* GB are free"):
+        check_disk_for_meanflow(tmp_path, too_many)
+    check_disk_for_meanflow(tmp_path, 1000)

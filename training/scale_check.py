@@ -1,12 +1,13 @@
 """Run the shipped accelerate configs at full width on this machine's GPUs and measure them (issue 7).
 
-    python -m training.scale_check --out runs/scale                          # every GPU here, full-size HunyuanVideo-1.0
-    python -m training.scale_check --out runs/scale --meanflow_layers 4,8    # one 80 GB GPU: a shallower MeanFlow DiT
+    python -m training.scale_check --out runs/scale                          # every GPU here
+    python -m training.scale_check --out runs/scale --meanflow_layers 2,4    # one 80 GB GPU
     python -m training.scale_check --out runs/scale_cpu --tiny               # CPU smoke test of this script (CI)
 
-Writes random-weight HunyuanVideo-1.0 DiTs in the Tencent layout (all 20 + 40 blocks for the predictor stage; the
-MeanFlow teacher with `--meanflow_layers` double,single blocks) and random full-width prompt embeddings and latents at
-a reduced resolution, then runs `training/train.py` through `accelerate launch` exactly as a creator would:
+Writes random-weight HunyuanVideo-1.0 DiTs in the Tencent layout (all 20 + 40 blocks for the predictor stage; a
+full-width MeanFlow teacher of `--meanflow_layers` double,single blocks, 4,8 by default: a full-depth MeanFlow run
+writes 154 GB checkpoints) and random full-width prompt embeddings and latents at a reduced resolution, then runs
+`training/train.py` through `accelerate launch` exactly as a creator would:
 
 1. predictor stage, `accelerate_ddp.yaml`: MSE then GAN steps; step time, peak memory per GPU, replicas compared;
 2. meanflow stage, `accelerate_fsdp2.yaml` (sharded student and teacher, finite-difference du/dt), four launches:
@@ -58,6 +59,22 @@ def write_random_dit(path: Path, overrides: dict, meanflow: bool, device: torch.
     save_safetensors(str(path), state, {})
     return {"path": str(path), "parameters": parameters, "blocks": [overrides.get("num_layers", 20),
                                                                     overrides.get("num_single_layers", 40)]}
+
+
+def parameter_count(overrides: dict) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in _diffusers_classes()[ARCH_HV10](**overrides).parameters())
+
+
+def check_disk_for_meanflow(out: Path, parameters: int) -> None:
+    """Two sharded checkpoints exist at once while the resumed run saves (12 bytes per parameter each), beside the
+    bf16 teacher and three bf16 exports: refuse up front rather than fail minutes in with a full disk."""
+    need = 2 * 12 * parameters + 4 * 2 * parameters
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise SystemExit(f"--meanflow_layers: a {parameters / 1e9:.2f}B-parameter MeanFlow run needs ~{need / 1e9:.0f} GB "
+                         f"of disk under {out} (two checkpoints of 12 bytes per parameter + bf16 teacher and exports), "
+                         f"{free / 1e9:.0f} GB are free; give fewer blocks (e.g. --meanflow_layers 4,8) or another --out")
 
 
 def write_data(folder: Path, prompts: int, latent_shape: tuple[int, int, int], tiny: bool) -> dict[str, str]:
@@ -133,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", required=True, help="folder for models, data, runs, logs and scale_check.json")
     parser.add_argument("--gpus", type=int, default=0, help="processes per launch; 0: every visible GPU (1 on CPU)")
     parser.add_argument("--latent", default="9,40,64", help="latent frames,height,width (9,40,64: 33 frames 320x512)")
-    parser.add_argument("--meanflow_layers", default="20,40", help="double,single blocks of the MeanFlow DiT (full: 20,40)")
+    parser.add_argument("--meanflow_layers", default="4,8",
+                        help="double,single blocks of the MeanFlow DiT (full width; full depth 20,40 needs ~410 GB of disk)")
     parser.add_argument("--predictor_steps", type=int, default=6, help="predictor optimiser steps (half MSE, half GAN)")
     parser.add_argument("--meanflow_steps", type=int, default=4)
     parser.add_argument("--meanflow_checkpoint", type=int, default=2, help="step the interrupted MeanFlow run stops at")
@@ -153,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if cuda else "cpu")
     base = {k: v for k, v in TINY_CONFIGS[ARCH_HV10].items()} if args.tiny else {}
     parts = set(args.parts.split(","))
+    teacher_config = base | {"num_layers": double, "num_single_layers": single}
+    if "meanflow" in parts:
+        check_disk_for_meanflow(out, parameter_count(teacher_config))  # before any part spends time
     results: dict = {
         "machine": {"gpu": torch.cuda.get_device_name(0) if cuda else None, "gpus_visible": torch.cuda.device_count(),
                     "torch": torch.__version__, "python": platform.python_version()},
@@ -183,8 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "scale_check.json").write_text(json.dumps(results, indent=2))  # kept if a later part is cut short
 
     if "meanflow" in parts:
-        teacher = write_random_dit(out / "dit_teacher.safetensors", base | {"num_layers": double, "num_single_layers": single},
-                                   meanflow=False, device=device, seed=1)
+        teacher = write_random_dit(out / "dit_teacher.safetensors", teacher_config, meanflow=False, device=device, seed=1)
         common = ["--model", teacher["path"], "--prompts", data["prompts"], "--latents", data["latents"],
                   "--warmup_steps", "0", "--log_every", "1", "--keep_checkpoints", "1"]
         steps, stop = str(args.meanflow_steps), str(args.meanflow_checkpoint)
