@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per launch")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: checks this script, measures nothing")
     args = parser.parse_args(argv)
+    if not 1 <= args.meanflow_checkpoint < args.meanflow_steps:
+        parser.error(f"--meanflow_checkpoint {args.meanflow_checkpoint}: the stopped run must stop before the end, "
+                     f"in 1..{args.meanflow_steps - 1} (--meanflow_steps {args.meanflow_steps})")
 
     cuda = torch.cuda.is_available()
     processes = args.gpus or (torch.cuda.device_count() if cuda else 1)
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if cuda else "cpu")
-    base = {k: v for k, v in TINY_CONFIGS[ARCH_HV10].items()} if args.tiny else {}
+    base = dict(TINY_CONFIGS[ARCH_HV10]) if args.tiny else {}
     parts = set(args.parts.split(","))
     teacher_config = base | {"num_layers": double, "num_single_layers": single}
     if "meanflow" in parts:
@@ -188,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     # two train prompts per process and one held out, so every rank draws distinct batches
     data = write_data(out, prompts=2 * processes + 1, latent_shape=latent, tiny=args.tiny)
     cpu = not cuda
+    every_launch: dict[str, dict] = {}
     if "predictor" in parts:
         model = write_random_dit(out / "dit_meanflow_full.safetensors", base, meanflow=True, device=device, seed=0)
         run_dir = out / "predictor"
@@ -197,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
             "--latent_shape", ",".join(map(str, latent)), "--steps", "8", "--schedules", "N2;N3;N4",
             "--held_out_prompts", "1", "--max_steps", str(args.predictor_steps), "--mse_steps", str(mse_steps),
             "--checkpoint_every", str(args.predictor_steps), "--log_every", "1"], out, args.timeout, cpu)
+        every_launch["predictor_ddp"] = launched
         results["predictor"] = {"model": model, "launch": launched,
                                 "report": summary_of(report_of(run_dir), RUN_KEYS + ("held_out_final",))}
         os.remove(model["path"])  # 26 GB at full size; the MeanFlow DiT needs the disk
@@ -210,41 +215,38 @@ def main(argv: list[str] | None = None) -> dict:
         steps, stop = str(args.meanflow_steps), str(args.meanflow_checkpoint)
         # a checkpoint holds fp32 weights + AdamW moments, 12 bytes per parameter (154 GB at 12.8B): only the
         # checkpoints the comparison needs are written, and the uninterrupted run's are dropped once it has ended
-        runs = {
-            "uninterrupted": ["--output_dir", str(out / "meanflow_a"), "--max_steps", steps, "--checkpoint_every", steps],
-            "stopped": ["--output_dir", str(out / "meanflow_b"), "--max_steps", stop, "--checkpoint_every", stop],
-            "resumed": ["--output_dir", str(out / "meanflow_b"), "--max_steps", steps, "--checkpoint_every", steps, "--resume"],
+        folders = {"uninterrupted": out / "meanflow_a", "resumed": out / "meanflow_b", "repeat": out / "meanflow_c"}
+        runs = {  # name: (run folder, flags)
+            "uninterrupted": (folders["uninterrupted"], ["--max_steps", steps, "--checkpoint_every", steps]),
+            "stopped": (folders["resumed"], ["--max_steps", stop, "--checkpoint_every", stop]),
+            "resumed": (folders["resumed"], ["--max_steps", steps, "--checkpoint_every", steps, "--resume"]),
             # the same run again: GPU kernels are not bitwise deterministic, so this is the yardstick for the resume
-            "repeat": ["--output_dir", str(out / "meanflow_c"), "--max_steps", steps, "--checkpoint_every", steps],
+            "repeat": (folders["repeat"], ["--max_steps", steps, "--checkpoint_every", steps]),
         }
         launches, checkpoint = {}, None
-        for name, extra in runs.items():
+        for name, (folder, extra) in runs.items():
             launches[name] = launch(f"meanflow_fsdp2_{name}", "meanflow.yaml", "accelerate_fsdp2.yaml", processes,
-                                    common + extra, out, args.timeout, cpu)
-            if name in ("uninterrupted", "repeat"):
-                shutil.rmtree(out / ("meanflow_a" if name == "uninterrupted" else "meanflow_c") / "checkpoints",
-                              ignore_errors=True)
+                                    common + ["--output_dir", str(folder)] + extra, out, args.timeout, cpu)
+            every_launch[f"meanflow_fsdp2_{name}"] = launches[name]
             if name == "stopped":
-                checkpoint = folder_listing(out / "meanflow_b" / "checkpoints" / f"step_{stop}")
-        uninterrupted, resumed = report_of(out / "meanflow_a"), report_of(out / "meanflow_b")
-        exported = "meanflow_dit.safetensors"
+                checkpoint = folder_listing(folder / "checkpoints" / f"step_{stop}")
+            if name != "stopped":
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        reports = {name: report_of(folder) for name, folder in folders.items()}
+        exported = {name: folder / "meanflow_dit.safetensors" for name, folder in folders.items()}
         results["meanflow"] = {
             "teacher": teacher, "launches": launches,
-            "uninterrupted": summary_of(uninterrupted, RUN_KEYS + ("eval_mse_initial", "eval_mse_final")),
-            "resumed": summary_of(resumed, RUN_KEYS + ("eval_mse_final",)),
+            "uninterrupted": summary_of(reports["uninterrupted"], RUN_KEYS + ("eval_mse_initial", "eval_mse_final")),
+            "resumed": summary_of(reports["resumed"], RUN_KEYS + ("eval_mse_final",)),
             "sharded_checkpoint": checkpoint,
-            "resumed_vs_uninterrupted_max_abs_diff": max_difference(out / "meanflow_a" / exported, out / "meanflow_b" / exported),
-            "repeat_vs_uninterrupted_max_abs_diff": max_difference(out / "meanflow_a" / exported, out / "meanflow_c" / exported),
-            "losses_by_step": {name: [[h["step"], h["loss"]] for h in (report_of(out / folder) or {}).get("last_losses", [])]
-                               for name, folder in (("uninterrupted", "meanflow_a"), ("resumed", "meanflow_b"),
-                                                    ("repeat", "meanflow_c"))},
+            "resumed_vs_uninterrupted_max_abs_diff": max_difference(exported["uninterrupted"], exported["resumed"]),
+            "repeat_vs_uninterrupted_max_abs_diff": max_difference(exported["uninterrupted"], exported["repeat"]),
+            "losses_by_step": {name: [[h["step"], h["loss"]] for h in (report or {}).get("last_losses", [])]
+                               for name, report in reports.items()},
         }
         os.remove(teacher["path"])
-        shutil.rmtree(out / "meanflow_b" / "checkpoints", ignore_errors=True)
 
-    failed = [name for part in ("predictor", "meanflow") if part in results
-              for name, run in ({"predictor": results[part]["launch"]} if part == "predictor" else results[part]["launches"]).items()
-              if run["returncode"] != 0]
+    failed = [name for name, run in every_launch.items() if run["returncode"] != 0]
     results["failed_launches"] = failed
     (out / "scale_check.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
