@@ -22,9 +22,9 @@ import torch
 
 from benchmarks.mini.dataset import ATTRIBUTES, from_latents
 from benchmarks.mini.metrics import classify, load_classifier
-from benchmarks.mini.run import load_predictor
 from benchmarks.mini.text import encode_prompts
-from disca.hosts.diffusers import load_host
+from disca.formats import load_predictor_file
+from disca.hosts.diffusers import DiffusersPredictor, load_host
 from disca.sampling import distilled, sample_cached, sample_euler
 from disca.schedules import AnchorSchedule, flow_sigmas
 
@@ -53,7 +53,8 @@ def load_demo(weights: str):
     with open(os.path.join(weights, "demo.json")) as f:
         settings = json.load(f)
     host = load_host(os.path.join(weights, "dit.safetensors")).requires_grad_(False).eval()
-    predictor = load_predictor(os.path.join(weights, "predictor.safetensors"))
+    predictor_path = os.path.join(weights, "predictor.safetensors")
+    predictor = DiffusersPredictor.from_file(load_predictor_file(predictor_path), predictor_path).eval()
     classifier = load_classifier(os.path.join(weights, "classifier.safetensors"))
     return settings, host, predictor, classifier
 
