@@ -135,9 +135,9 @@ def randn_on(shape, generator: torch.Generator, device) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator(device=device).manual_seed(seed), device=device)
 
 
-def shifted_times(generator: torch.Generator, batch: int, shift: float) -> torch.Tensor:
+def shifted_times(generator: torch.Generator, batch: int, shift: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """t = shift*s / (1 + (shift-1)*s), s ~ U(0, 1): [B] flow times, more of them at high noise for shift > 1."""
-    s = torch.rand(batch, generator=generator)
+    s = torch.rand(batch, generator=generator, dtype=dtype)
     return shift * s / (1 + (shift - 1) * s)
 
 

@@ -36,8 +36,7 @@ EVAL_BATCH = 8
 
 def sample_t_r(generator: torch.Generator, batch: int, R: float, boundary_fraction: float, shift: float):
     """(t, r), each [B], on the sigma scale; 0 <= t - r <= min(R, t) always (R = 0 gives r = t: flow matching)."""
-    s = torch.rand(batch, generator=generator, dtype=torch.float64)
-    t = shift * s / (1 + (shift - 1) * s)
+    t = loop.shifted_times(generator, batch, shift, torch.float64)
     interval = torch.rand(batch, generator=generator, dtype=torch.float64) * torch.clamp(t, max=R)
     boundary = torch.rand(batch, generator=generator) < boundary_fraction
     interval = torch.where(boundary, torch.zeros_like(interval), interval)
