@@ -4,8 +4,5 @@
 # verdict. Extra arguments go to the demo (e.g. --prompt "a blue square moving up, fast, over a dotted background").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-. .venv/bin/activate
-pip install --quiet --disable-pip-version-check torch==2.13.0
-pip install --quiet --disable-pip-version-check -e ".[demo]"
+. scripts/venv.sh demo
 python -m benchmarks.mini.demo "$@"

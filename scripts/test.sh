@@ -4,8 +4,5 @@
 # see README "ComfyUI integration tests".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-. .venv/bin/activate
-pip install --quiet --disable-pip-version-check torch==2.13.0
-pip install --quiet --disable-pip-version-check -e ".[dev]"
+. scripts/venv.sh dev
 python -m pytest -q tests "$@"
