@@ -5,7 +5,7 @@ Three namings meet here (DESIGN.md §2):
   `single_blocks.N.linear1`, `mm_single_blocks.N.q_norm.weight`, ...). Released files sometimes come in a
   tensor-parallel variant (`img_attn_q/k/v`, `linear1_q/k/v/mlp`, `linear2.fc`) that the official loader
   fuses; `normalize_tencent_layout` does the same so both variants load.
-- ComfyUI: Flux-style module names (`img_attn.qkv`, `norm.query_norm.scale`, `modulation.lin`).
+- ComfyUI: Flux-style module names (`img_attn.qkv`, `norm.query_norm.scale` or `.weight`, `modulation.lin`).
 - diffusers: see `disca.hosts.diffusers_keys`.
 
 Everything here is plain torch + safetensors; nothing imports a host.
@@ -260,6 +260,11 @@ _TENCENT_TO_COMFY_BLOCK = (
     ("k_norm.weight", "norm.key_norm.scale"),
     ("modulation.linear.", "modulation.lin."),
 )
+# ComfyUI's QK norms name their parameter `scale` up to 0.13 (its own RMSNorm) and `weight` from 0.14 on (torch's
+# RMSNorm through `operations.RMSNorm`): the inverse map reads both.
+_COMFY_TO_TENCENT_BLOCK = tuple((new, old) for old, new in _TENCENT_TO_COMFY_BLOCK) + tuple(
+    (new.removesuffix("scale") + "weight", old) for old, new in _TENCENT_TO_COMFY_BLOCK if new.endswith(".scale"))
+_NORM_PARAMETER_NAMES = ("scale", "weight")
 
 
 _BLOCK_KEY = re.compile(rf"^((?:{SINGLE_STREAM_BLOCKS}|{DOUBLE_STREAM_BLOCKS})\.\d+\.)(.*)$")
@@ -278,13 +283,27 @@ def _rename_block_key(key: str, rules) -> str:
 
 
 def tencent_to_comfy_predictor(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official predictor keys -> the keys of `disca.predictor` modules built from ComfyUI blocks."""
+    """Official predictor keys -> the keys of `disca.predictor` modules built from ComfyUI blocks (norm parameters
+    named `scale`; `match_norm_parameter_names` adapts them to the blocks a given ComfyUI builds)."""
     return {_rename_block_key(k, _TENCENT_TO_COMFY_BLOCK): v for k, v in state_dict.items()}
 
 
 def comfy_to_tencent_predictor(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    inverse = tuple((new, old) for old, new in _TENCENT_TO_COMFY_BLOCK)
-    return {_rename_block_key(k, inverse): v for k, v in state_dict.items()}
+    return {_rename_block_key(k, _COMFY_TO_TENCENT_BLOCK): v for k, v in state_dict.items()}
+
+
+def match_norm_parameter_names(state_dict: dict[str, torch.Tensor], module_keys) -> dict[str, torch.Tensor]:
+    """Rename norm parameters (`….scale` <-> `….weight`) to the names the built module has; other keys unchanged,
+    so a strict load still reports anything that does not fit."""
+    module_keys = set(module_keys)
+
+    def fitted(key: str) -> str:
+        stem, _, name = key.rpartition(".")
+        if key in module_keys or ".norm." not in key or name not in _NORM_PARAMETER_NAMES:
+            return key
+        return next((f"{stem}.{n}" for n in _NORM_PARAMETER_NAMES if f"{stem}.{n}" in module_keys), key)
+
+    return {fitted(k): v for k, v in state_dict.items()}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ block internals are the host's (ComfyUI or diffusers), so each host renames bloc
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -35,12 +35,14 @@ def build_fusion_mlp(hidden_size: int, operations=nn, dtype=None, device=None) -
 
 
 class DisCaPredictor(nn.Module):
-    """Fusion + host blocks. `build_block()` returns one host block of the spec's type (single or double)."""
+    """Fusion + host blocks: `blocks` are `spec.depth` blocks of the host, of the spec's type (single or double)."""
 
-    def __init__(self, spec: PredictorSpec, build_block: Callable[[], nn.Module], operations=nn, dtype=None, device=None):
+    def __init__(self, spec: PredictorSpec, blocks: Iterable[nn.Module], operations=nn, dtype=None, device=None):
         super().__init__()
         self.spec = spec
-        blocks = nn.ModuleList([build_block() for _ in range(spec.depth)])
+        blocks = nn.ModuleList(blocks)
+        if len(blocks) != spec.depth:
+            raise ValueError(f"a depth-{spec.depth} predictor needs {spec.depth} blocks, got {len(blocks)}")
         if spec.arch == ARCH_HV10:
             setattr(self, FUSION_SINGLE, build_fusion_mlp(spec.hidden_size, operations, dtype, device))
             setattr(self, SINGLE_STREAM_BLOCKS, blocks)

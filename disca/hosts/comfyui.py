@@ -25,7 +25,8 @@ import torch
 
 from ..formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, DiTSpec, PredictorFile, PredictorSpec,
                        base_fingerprint, check_predictor_fits, infer_dit_spec, load_safetensors,
-                       normalize_tencent_layout, strip_wrapper_prefix, tencent_to_comfy_predictor)
+                       match_norm_parameter_names, normalize_tencent_layout, strip_wrapper_prefix,
+                       tencent_to_comfy_predictor)
 from ..predictor import DisCaPredictor, predictor_bytes
 from ..runtime import MODE_PREDICTOR, MODE_REUSE_OUTPUT, DisCaConfig, DisCaRun, DisCaRuntimeError
 
@@ -135,26 +136,39 @@ def fingerprint_of(model_patcher) -> str:
     return base_fingerprint(state)
 
 
-def build_predictor(spec: PredictorSpec, tencent_state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
-                    device: torch.device | str = "cpu") -> DisCaPredictor:
-    """A predictor made of ComfyUI's Flux-style blocks (HunyuanVideo's own), loaded strictly."""
+def host_blocks(model_patcher, spec: PredictorSpec, dtype: torch.dtype, operations) -> torch.nn.ModuleList:
+    """`spec.depth` predictor blocks built the way this ComfyUI builds the loaded model's own blocks, on the meta device.
+
+    The loaded model's class is instantiated from its own config with the predictor's depth, so the blocks get
+    exactly the constructor arguments this ComfyUI version passes (the attention order of its double blocks, its QK
+    norm module, biases): one ComfyUI builds them differently from another, and a block built any other way computes
+    something else. Only the operations differ: the predictor's weights are plain tensors, whatever the DiT's are
+    (fp8, GGUF).
+    """
+    module = diffusion_model_of(model_patcher)
+    config = dict(model_patcher.model.model_config.unet_config)
+    config.update(mlp_ratio=spec.mlp_hidden_dim / spec.hidden_size, dtype=dtype,
+                  depth=spec.depth if spec.arch == ARCH_HV15 else 0,
+                  depth_single_blocks=spec.depth if spec.arch == ARCH_HV10 else 0)
+    skeleton = type(module)(**config, device="meta", operations=operations)
+    return skeleton.single_blocks if spec.arch == ARCH_HV10 else skeleton.double_blocks
+
+
+def build_predictor(model_patcher, spec: PredictorSpec, tencent_state_dict: dict[str, torch.Tensor],
+                    dtype: torch.dtype) -> DisCaPredictor:
+    """A predictor made of the host's own blocks (`host_blocks`) and the official fusion MLPs, loaded strictly."""
     import comfy.ops
-    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
 
     # manual_cast: weights follow the input's device/dtype when they differ (CPU offload), no copy when they match
     ops = comfy.ops.manual_cast
-    mlp_ratio = spec.mlp_hidden_dim / spec.hidden_size
-    if spec.arch == ARCH_HV10:
-        def build_block():
-            return SingleStreamBlock(spec.hidden_size, spec.num_heads, mlp_ratio=mlp_ratio, dtype=dtype, device=device,
-                                     operations=ops)
-    else:
-        def build_block():
-            return DoubleStreamBlock(spec.hidden_size, spec.num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
-                                     flipped_img_txt=True, dtype=dtype, device=device, operations=ops)
-    predictor = DisCaPredictor(spec, build_block, operations=ops, dtype=dtype, device=device)
-    state = {k: v.to(dtype) for k, v in tencent_to_comfy_predictor(tencent_state_dict).items()}
-    predictor.load_state_dict(state, strict=True)
+    predictor = DisCaPredictor(spec, host_blocks(model_patcher, spec, dtype, ops), operations=ops, dtype=dtype,
+                               device="meta")
+    module_keys = predictor.state_dict().keys()
+    state = match_norm_parameter_names(tencent_to_comfy_predictor(tencent_state_dict), module_keys)
+    predictor.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    still_meta = [name for name, t in [*predictor.named_parameters(), *predictor.named_buffers()] if t.is_meta]
+    if still_meta:  # a host block with state that no predictor file holds
+        raise DisCaRuntimeError(f"DisCa: this ComfyUI's blocks have tensors no predictor file sets: {still_meta[:4]}")
     return predictor.eval().requires_grad_(False)
 
 
@@ -175,7 +189,7 @@ def apply_disca(model_patcher, config: DisCaConfig, spec: PredictorSpec | None =
             raise DisCaRuntimeError("a single-stream predictor needs a model with single-stream blocks")
         # the compute dtype, so that no cast (a copy) happens on each predicted step
         dtype = model_patcher.model.manual_cast_dtype or model_patcher.model_dtype()
-        predictor = build_predictor(spec, tencent_state_dict, dtype)
+        predictor = build_predictor(model_patcher, spec, tencent_state_dict, dtype)
 
     patched = model_patcher.clone()
     patched.model_options["transformer_options"][SETUP_OPTION] = DisCaSetup(config, predictor, spec)
@@ -184,8 +198,10 @@ def apply_disca(model_patcher, config: DisCaConfig, spec: PredictorSpec | None =
         patched.remove_wrappers_with_key(kind, WRAPPER_KEY)  # applying DisCa again replaces the earlier setup
         patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     if predictor is not None and not offload_predictor:
-        # ComfyUI loads and offloads it together with the DiT, and counts its memory
-        predictor_patcher = comfy.model_patcher.ModelPatcher(
+        # ComfyUI loads and offloads it together with the DiT, and counts its memory. CoreModelPatcher is the class
+        # ComfyUI uses for its own models: ModelPatcherDynamic under DynamicVRAM (0.1x+ on NVIDIA), else ModelPatcher
+        patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+        predictor_patcher = patcher_class(
             predictor, load_device=comfy.model_management.get_torch_device(),
             offload_device=comfy.model_management.unet_offload_device())
         patched.set_additional_models(WRAPPER_KEY, [predictor_patcher])

@@ -480,13 +480,8 @@ class DiffusersPredictor(DisCaPredictor):
         from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15TransformerBlock
 
         mlp_ratio = spec.mlp_hidden_dim / spec.hidden_size
-        if spec.arch == ARCH_HV10:
-            def build_block():
-                return HunyuanVideoSingleTransformerBlock(spec.num_heads, spec.head_dim, mlp_ratio=mlp_ratio)
-        else:
-            def build_block():
-                return HunyuanVideo15TransformerBlock(spec.num_heads, spec.head_dim, mlp_ratio=mlp_ratio)
-        super().__init__(spec, build_block)
+        block = HunyuanVideoSingleTransformerBlock if spec.arch == ARCH_HV10 else HunyuanVideo15TransformerBlock
+        super().__init__(spec, [block(spec.num_heads, spec.head_dim, mlp_ratio=mlp_ratio) for _ in range(spec.depth)])
         # recompute each block in backward instead of keeping its activations (the MSE step at 720p and the GAN
         # step at 480p do not fit an 80 GB GPU without it; see training/results/)
         self.checkpoint_blocks = False
