@@ -182,10 +182,13 @@ class DisCaRun:
             raise DisCaRuntimeError(f"DisCa: model called after the last of {self.total_steps} steps; use 'euler'")
         seen = {(step, uuid) for uuid in uuids}
         if seen & self._evaluated:
+            # Multi-evaluation samplers report a step's end after its first model call and make the second one
+            # afterwards, so that second call is counted in the next step: the step that evaluated twice is the
+            # one before (step 0 for a sampler that reports no steps at all).
             raise DisCaRuntimeError(
-                f"DisCa: the sampler evaluated the model twice at step {step} for the same conditioning; samplers "
-                "with several model calls per step (heun, dpm_2, ...) or that do not report their steps break the "
-                "anchor/predicted schedule. Use 'euler'."
+                f"DisCa: the sampler evaluated the model a second time in step {max(step - 1, 0)} for the same "
+                "conditioning; samplers with several model calls per step (heun, dpm_2, ...) or that do not report "
+                "their steps break the anchor/predicted schedule. Use 'euler'."
             )
         self._evaluated |= seen
         return step

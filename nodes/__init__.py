@@ -10,8 +10,10 @@ from .sampling import DisCaApply, DisCaSigmas
 
 
 def _register_predictor_folder() -> None:
-    # extra_model_paths.yaml is read before custom nodes load and may have created the key already
+    # created, so that users find where predictors go; extra_model_paths.yaml is read before custom nodes load and
+    # may have registered the key already
     path = os.path.join(folder_paths.models_dir, PREDICTOR_FOLDER)
+    os.makedirs(path, exist_ok=True)
     if PREDICTOR_FOLDER in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(PREDICTOR_FOLDER, path)
     else:

@@ -12,16 +12,19 @@ from .loaders import DisCaPredictor
 SCHEDULE_INTERVAL = "interval"
 SCHEDULE_STEP_LIST = "step_list"
 SIGMA_PRESETS = [name for name, preset in PRESETS.items() if preset.steps is not None]
+SIGMAS_CUSTOM = "custom"
 PREDICTOR_ON_DEVICE = "with_model"
 PREDICTOR_CPU_OFFLOAD = "cpu_offload"
 
 
-def build_schedule(schedule: str, interval: int, step_list: str) -> AnchorSchedule:
-    if schedule == SCHEDULE_INTERVAL:
-        return AnchorSchedule(interval=interval, name=f"N{interval}")
-    if schedule == SCHEDULE_STEP_LIST:
-        return AnchorSchedule(anchors=parse_step_list(step_list), name="step_list")
-    return AnchorSchedule.from_preset(schedule)
+def build_schedule(schedule: dict) -> AnchorSchedule:
+    """The anchor schedule from DisCa Apply's `schedule` input: {"schedule": choice, and that choice's own inputs}."""
+    choice = schedule["schedule"]
+    if choice == SCHEDULE_INTERVAL:
+        return AnchorSchedule(interval=schedule[SCHEDULE_INTERVAL], name=f"N{schedule[SCHEDULE_INTERVAL]}")
+    if choice == SCHEDULE_STEP_LIST:
+        return AnchorSchedule(anchors=parse_step_list(schedule[SCHEDULE_STEP_LIST]), name="step_list")
+    return AnchorSchedule.from_preset(choice)
 
 
 class DisCaApply(io.ComfyNode):
@@ -38,16 +41,22 @@ class DisCaApply(io.ComfyNode):
                 io.Model.Input("model", tooltip="A distilled HunyuanVideo 1.0 or 1.5 model."),
                 DisCaPredictor.Input("predictor", optional=True,
                                      tooltip="The DisCa predictor for this base model. Not needed in reuse_output mode."),
-                io.Combo.Input("schedule", options=list(PRESETS) + [SCHEDULE_INTERVAL, SCHEDULE_STEP_LIST],
-                               default="t2v_official_10of20",
-                               tooltip="Which steps run the full model. Official lists are tied to their step count "
-                                       "(t2v: 20 steps, i2v: 8); N2..N4 and 'interval' run the full model every Nth "
-                                       "step of any count; 'step_list' uses the list below."),
-                io.Int.Input("interval", default=2, min=1, max=100,
-                             tooltip="With schedule 'interval': full model every N steps. N=1 is plain sampling "
-                                     "(bit-identical to no DisCa); larger N is faster and less faithful."),
-                io.String.Input("step_list", default="0 1 2 5 9 13 17 19",
-                                tooltip="With schedule 'step_list': anchor step indices, increasing, starting at 0."),
+                io.DynamicCombo.Input("schedule", tooltip=(
+                    "Which steps run the full model. Official lists are tied to their step count (t2v: 20 steps, "
+                    "i2v: 8); N2..N4 and 'interval' run the full model every Nth step of any count; 'step_list' "
+                    "takes your own anchor steps."), options=[
+                    *(io.DynamicCombo.Option(name, []) for name in PRESETS),
+                    io.DynamicCombo.Option(SCHEDULE_INTERVAL, [
+                        io.Int.Input(SCHEDULE_INTERVAL, default=4, min=1, max=100,
+                                     tooltip="Full model every N steps. N=1 is plain sampling (bit-identical to no "
+                                             "DisCa); larger N is faster and less faithful."),
+                    ]),
+                    io.DynamicCombo.Option(SCHEDULE_STEP_LIST, [
+                        io.String.Input(SCHEDULE_STEP_LIST, default="0 1 2 5 9 13 17 19",
+                                        tooltip="Anchor step indices, increasing, starting at 0 (this one is the "
+                                                "official 8 of 20)."),
+                    ]),
+                ]),
                 io.Combo.Input("mode", options=list(MODES), default=MODES[0],
                                tooltip="predictor: DisCa. reuse_output: repeat the last anchor's output instead "
                                        "(training-free cache, for A/B comparisons)."),
@@ -63,18 +72,11 @@ class DisCaApply(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, schedule: str, step_list: str, **kwargs) -> bool | str:
-        if schedule == SCHEDULE_STEP_LIST:
-            try:
-                parse_step_list(step_list)
-            except ValueError as error:
-                return str(error)
-        return True
-
-    @classmethod
-    def execute(cls, model, schedule: str, interval: int, step_list: str, mode: str, cache_device: str,
-                predictor_device: str, predictor=None) -> io.NodeOutput:
-        config = DisCaConfig(build_schedule(schedule, interval, step_list), mode=mode, cache_device=cache_device)
+    def execute(cls, model, schedule: dict, mode: str, cache_device: str, predictor_device: str,
+                predictor=None) -> io.NodeOutput:
+        # A step list is checked here, not in validate_inputs: ComfyUI hands validate_inputs the inputs inside a
+        # DynamicCombo only through **kwargs, which would also switch off its own checks of every other input.
+        config = DisCaConfig(build_schedule(schedule), mode=mode, cache_device=cache_device)
         if predictor is not None:
             host.check_base_fingerprint(model, predictor)
         patched = host.apply_disca(model, config, predictor.spec if predictor else None,
@@ -93,18 +95,23 @@ class DisCaSigmas(io.ComfyNode):
             description="The sigma schedule the official DisCa scripts sample with: steps evenly spaced in t, "
                         "flow-shifted. A preset fixes steps and shift; 'custom' uses the inputs below.",
             inputs=[
-                io.Combo.Input("preset", options=SIGMA_PRESETS + ["custom"], default=SIGMA_PRESETS[0],
-                               tooltip="Match the DisCa Apply schedule: t2v presets give 20 steps at shift 5, "
-                                       "i2v gives 8 steps at shift 7."),
-                io.Int.Input("steps", default=10, min=1, max=1000, tooltip="With preset 'custom': number of steps."),
-                io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.01,
-                               tooltip="With preset 'custom': flow shift; higher spends more steps at high noise."),
+                io.DynamicCombo.Input("preset", tooltip=(
+                    "Match the DisCa Apply schedule: t2v presets give 20 steps at shift 5, i2v gives 8 steps at "
+                    "shift 7; 'custom' takes your own steps and shift."), options=[
+                    *(io.DynamicCombo.Option(name, []) for name in SIGMA_PRESETS),
+                    io.DynamicCombo.Option(SIGMAS_CUSTOM, [
+                        io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Number of sampler steps."),
+                        io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.01,
+                                       tooltip="Flow shift; higher spends more steps at high noise."),
+                    ]),
+                ]),
             ],
             outputs=[io.Sigmas.Output()],
         )
 
     @classmethod
-    def execute(cls, preset: str, steps: int, shift: float) -> io.NodeOutput:
-        if preset != "custom":
-            steps, shift = PRESETS[preset].steps, PRESETS[preset].shift
-        return io.NodeOutput(flow_sigmas(steps, shift))
+    def execute(cls, preset: dict) -> io.NodeOutput:
+        choice = preset["preset"]
+        if choice == SIGMAS_CUSTOM:
+            return io.NodeOutput(flow_sigmas(preset["steps"], preset["shift"]))
+        return io.NodeOutput(flow_sigmas(PRESETS[choice].steps, PRESETS[choice].shift))

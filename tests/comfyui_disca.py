@@ -39,9 +39,15 @@ def load(comfyui, arch: str):
     return model, predictor
 
 
-def apply(comfyui, model, predictor, interval: int = 2, mode: str = "predictor", **kw):
-    options = dict(schedule="interval", interval=interval, step_list="0", mode=mode, cache_device="compute_device",
-                   predictor_device="with_model")
+def apply(comfyui, model, predictor, interval: int = 2, mode: str = "predictor", schedule: str = "interval",
+          step_list: str | None = None, **kw):
+    """DisCa Apply as ComfyUI calls it: the `schedule` choice and its own input in one dict (a DynamicCombo)."""
+    choice = {"schedule": schedule}
+    if schedule == "interval":
+        choice["interval"] = interval
+    elif schedule == "step_list":
+        choice["step_list"] = step_list
+    options = dict(schedule=choice, mode=mode, cache_device="compute_device", predictor_device="with_model")
     options.update(kw)
     return comfyui.run_node("DisCaApply", model=model, predictor=predictor, **options)[0]
 

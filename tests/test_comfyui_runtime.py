@@ -6,6 +6,7 @@ Run with the testbed python: see README "Tests". Skipped elsewhere, with the rea
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -26,6 +27,8 @@ def test_pack_loads_with_its_nodes(comfyui):
     for node_id in ("DisCaLoadDistilledModel", "DisCaLoadPredictor", "DisCaApply", "DisCaSigmas"):
         assert node_id in comfyui.nodes.NODE_CLASS_MAPPINGS, node_id
     assert HV10_PREDICTOR in comfyui.folder_paths.get_filename_list("disca")
+    # the pack creates models/disca, so that a new user sees where predictors go
+    assert os.path.isdir(os.path.join(comfyui.folder_paths.models_dir, "disca"))
     assert comfyui.pack.comfy_entrypoint is not None
 
 
@@ -131,7 +134,7 @@ def test_official_10_of_20_schedule_counts(comfyui, caplog):
     patched = apply(comfyui, model, predictor, schedule="t2v_official_10of20")
     calls = []
     add_probe(comfyui, patched, calls)
-    sigmas = comfyui.run_node("DisCaSigmas", preset="t2v_official_10of20", steps=1, shift=1.0)[0]
+    sigmas = comfyui.run_node("DisCaSigmas", preset={"preset": "t2v_official_10of20"})[0]
     assert torch.equal(sigmas, flow_sigmas(20, 5.0))
     with caplog.at_level(logging.INFO, logger="disca"):
         comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, conditioning(ARCH_HV10, 1))
@@ -164,10 +167,10 @@ def test_predictor_for_another_base_warns_but_runs(comfyui, caplog):
 
 def test_bad_schedules_fail_with_clear_messages(comfyui):
     model, predictor = load(comfyui, ARCH_HV10)
-    apply_node = comfyui.node("DisCaApply")
-    assert "must start with step 0" in apply_node.validate_inputs(schedule="step_list", step_list="1 2 3")
-    assert "strictly increasing" in apply_node.validate_inputs(schedule="step_list", step_list="0 3 3")
-    assert "step_list is empty" in apply_node.validate_inputs(schedule="step_list", step_list=" ")
+    for step_list, message in (("1 2 3", "must start with step 0"), ("0 3 3", "strictly increasing"),
+                               (" ", "step_list is empty"), ("0 2 x", "must hold integers")):
+        with pytest.raises(ValueError, match=message):
+            apply(comfyui, model, predictor, schedule="step_list", step_list=step_list)
     with pytest.raises(ValueError, match="interval N must be >= 1"):
         apply(comfyui, model, predictor, interval=0)
     too_long = apply(comfyui, model, predictor, schedule="step_list", step_list="0 2 7")
@@ -182,7 +185,7 @@ def test_multi_evaluation_sampler_is_refused(comfyui):
     model, predictor = load(comfyui, ARCH_HV10)
     patched = apply(comfyui, model, predictor)
     sampler = comfyui.comfy.samplers.sampler_object("heun")
-    with pytest.raises(RuntimeError, match="evaluated the model twice at step 1.*Use 'euler'"):
+    with pytest.raises(RuntimeError, match="a second time in step 0 .*Use 'euler'"):
         comfyui.comfy.sample.sample_custom(patched, noise(ARCH_HV10, 0), 1.0, sampler, flow_sigmas(4, 5.0),
                                            conditioning(ARCH_HV10, 1), conditioning(ARCH_HV10, 1),
                                            torch.zeros_like(noise(ARCH_HV10, 0)), disable_pbar=True, seed=0)

@@ -20,7 +20,7 @@ def test_steps_come_from_the_samplers_reports():
     assert run.register_call(("c", "u")) == 0
     run.step_finished(0)
     assert run.register_call(("c",)) == 1 and run.register_call(("u",)) == 1  # split conds share the step
-    with pytest.raises(DisCaRuntimeError, match="evaluated the model twice at step 1.*Use 'euler'"):
+    with pytest.raises(DisCaRuntimeError, match="a second time in step 0 .*Use 'euler'"):
         run.register_call(("c",))
     run.step_finished(7)
     with pytest.raises(DisCaRuntimeError, match="after the last of 8 steps"):
