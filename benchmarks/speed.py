@@ -19,6 +19,7 @@ whole-run times from a synchronised wall clock. Run from the repo root:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -59,30 +60,46 @@ DISCA_SCHEDULES = {ARCH_HV10: {"official_10of20": ("t2v_official_10of20", 20), "
 SHIFT = {ARCH_HV10: 5.0, ARCH_HV15: 7.0}
 
 
-def start_comfyui(path: str):
+def start_comfyui(path: str, comfyui_args: list[str]):
+    """ComfyUI's own start-up, without the server: importing its main.py parses `comfyui_args` as command-line
+    arguments and sets up memory management exactly as `python main.py` does (DynamicVRAM on NVIDIA from 0.1x on,
+    `--reserve-vram` budgets, ...)."""
     sys.path.insert(0, path)
-    sys.argv = [sys.argv[0]]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.model_management  # noqa: F401
+    sys.argv = ["main.py", *comfyui_args]
+    import main  # noqa: F401
+    import comfy.memory_management
+    import comfy.model_management
     import comfy.model_patcher
     import comfy.sample
     import comfy.samplers
+    import comfy.sd
     import comfy.supported_models
+
+    log.info("ComfyUI %s: DynamicVRAM %s, model patcher %s", _comfyui_version(path),
+             getattr(comfy.memory_management, "aimdo_enabled", False),
+             getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher).__name__)
     return comfy
 
 
-def build_model(comfy, arch: str, seed: int = 0):
-    """ComfyUI's HunyuanVideo with random bf16 weights, built directly on the GPU."""
+def _comfyui_version(path: str) -> str:
+    import runpy
+
+    return runpy.run_path(str(Path(path) / "comfyui_version.py"))["__version__"]
+
+
+def build_model(comfy, arch: str, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
+    """ComfyUI's HunyuanVideo with random weights (bf16 unless `dtype`), loaded through ComfyUI's own loader from a state dict in
+    host memory (as DisCa Load Distilled Model does from a file), so that ComfyUI picks its patcher and memory
+    management as for a real checkpoint. The random weights are made on the GPU (fast), then moved to the host."""
     config_class = comfy.supported_models.HunyuanVideo15 if arch == ARCH_HV15 else comfy.supported_models.HunyuanVideo
     model_config = config_class(dict(UNET_CONFIGS[arch]))
-    model_config.set_inference_dtype(torch.bfloat16, None)
-    device = comfy.model_management.get_torch_device()
-    model = model_config.get_model({}, device=device)
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device=comfy.model_management.get_torch_device())
     _randomize(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=device,
-                                            offload_device=comfy.model_management.unet_offload_device())
+    state = {f"model.diffusion_model.{k}": v.to("cpu") for k, v in model.diffusion_model.state_dict().items()}
+    del model
+    torch.cuda.empty_cache()
+    return comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
 
 
 @torch.no_grad()
@@ -97,28 +114,59 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
             param.normal_(0.0, 0.02, generator=generators[param.device])
 
 
-def random_predictor(comfy, arch: str, seed: int = 1):
-    """A random predictor of the official shape, as official-layout tensors (what a released file holds)."""
-    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
-
+def random_predictor(comfy, base, arch: str, seed: int = 1):
+    """A random predictor of the official shape, built from this ComfyUI's blocks as DisCa Apply builds it, returned
+    as official-layout tensors (what a released file holds)."""
+    from disca.hosts.comfyui import host_blocks
     from disca.predictor import DisCaPredictor
 
     config = UNET_CONFIGS[arch]
     spec = PredictorSpec(arch=arch, hidden_size=config["hidden_size"], num_heads=config["num_heads"], depth=2,
                          mlp_hidden_dim=4 * config["hidden_size"])
     ops = comfy.ops.manual_cast
-    if arch == ARCH_HV10:
-        def block():
-            return SingleStreamBlock(spec.hidden_size, spec.num_heads, 4.0, dtype=torch.bfloat16, device="cuda", operations=ops)
-    else:
-        def block():
-            return DoubleStreamBlock(spec.hidden_size, spec.num_heads, 4.0, qkv_bias=True, flipped_img_txt=True,
-                                     dtype=torch.bfloat16, device="cuda", operations=ops)
-    module = DisCaPredictor(spec, block, operations=ops, dtype=torch.bfloat16, device="cuda")
+    module = DisCaPredictor(spec, host_blocks(base, spec, torch.bfloat16, ops), operations=ops, dtype=torch.bfloat16,
+                            device="meta").to_empty(device="cuda")
     _randomize(module, seed)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     del module
     return spec, comfy_to_tencent_predictor(state)
+
+
+class DeviceMemory:
+    """The GPU's used memory as the driver sees it (NVML), sampled in a thread: with DynamicVRAM, ComfyUI maps
+    weights outside torch's allocator, so torch.cuda.max_memory_allocated misses them."""
+
+    def __init__(self, interval_s: float = 0.01):
+        import threading
+
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        self._interval = interval_s
+        self._threading = threading
+        self.peak = 0
+
+    def used(self) -> int:
+        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used
+
+    def __enter__(self):
+        self.peak = self.used()
+        self._stop = self._threading.Event()
+        self._thread = self._threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.used())
+            self._stop.wait(self._interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.used())
 
 
 def conditioning(arch: str, batch: int = 1, seed: int = 0):
@@ -156,8 +204,9 @@ class CallTimer:
         return [a.elapsed_time(b) / 1000 for a, b in self.events]
 
 
-def sample(comfy, model, shape, sigmas, arch, cfg=1.0):
-    """One stock `euler` sampling run; returns (wall seconds, peak allocated bytes)."""
+def sample(comfy, model, shape, sigmas, arch, cfg=1.0, memory: dict | None = None):
+    """One stock `euler` sampling run; returns (wall seconds, peak allocated bytes). `memory`, if given, receives the
+    device-level figures (NVML): peak used during the run, and used after it once ComfyUI's cache is emptied."""
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     positive, negative = conditioning(arch, seed=1), conditioning(arch, seed=2)
     sampler = comfy.samplers.sampler_object("euler")
@@ -165,11 +214,18 @@ def sample(comfy, model, shape, sigmas, arch, cfg=1.0):
     comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, torch.zeros(shape),
-                               disable_pbar=True, seed=0)
-    torch.cuda.synchronize()
-    return time.perf_counter() - started, torch.cuda.max_memory_allocated()
+    device = DeviceMemory() if memory is not None else contextlib.nullcontext()
+    with device:
+        started = time.perf_counter()
+        comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, torch.zeros(shape),
+                                   disable_pbar=True, seed=0)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    if memory is not None:
+        comfy.model_management.soft_empty_cache()
+        memory.update(device_peak_bytes=device.peak, device_used_after_bytes=device.used(),
+                      allocated_after_bytes=torch.cuda.memory_allocated())
+    return wall, torch.cuda.max_memory_allocated()
 
 
 def disca_run_probe(comfy, model, sink: list):
@@ -204,7 +260,7 @@ def profile_calls(comfy, base, patched, shape, arch) -> dict:
 
 
 def run_size(comfy, arch: str, base, predictor, size: str, full_baseline: bool, baseline_steps: int, only: set | None,
-             step_timing: bool, save):
+             step_timing: bool, save, repeats: int = 1):
     """Measure one latent size; `save(result)` is called after every run, so a timeout loses one run at most."""
     from comfy_extras.nodes_easycache import EasyCacheNode
 
@@ -240,26 +296,29 @@ def run_size(comfy, arch: str, base, predictor, size: str, full_baseline: bool, 
     for steps in sorted({s for _, s in schedules.values()}):
         name = f"nocache_{steps}"
         if want(name):
-            wall, peak = sample(comfy, base, shape, flow_sigmas(steps, SHIFT[arch]), arch)
-            result["runs"][name] = dict(steps=steps, wall_s=wall, peak_bytes=peak)
+            memory = {}
+            wall, peak = sample(comfy, base, shape, flow_sigmas(steps, SHIFT[arch]), arch, memory=memory)
+            result["runs"][name] = dict(steps=steps, wall_s=wall, peak_bytes=peak, **memory)
             save(result)
 
     for name, (schedule, steps) in schedules.items():
         if not want(name):
             continue
-        sink = []
         patched = apply_disca(base, DisCaConfig(AnchorSchedule.from_preset(schedule)), spec, state)
-        disca_run_probe(comfy, patched, sink)
-        wall, peak = sample(comfy, patched, shape, flow_sigmas(steps, SHIFT[arch]), arch)
-        run = sink[-1]
-        n_full, n_pred = len(run.stats.full_steps), len(run.stats.predicted_steps)
-        result["runs"][name] = dict(
-            steps=steps, anchors=sorted(run.anchors), wall_s=wall, peak_bytes=peak,
-            full_s=run.stats.timer.seconds("full"), predicted_s=run.stats.timer.seconds("predicted"),
-            full_steps=n_full, predicted_steps=n_pred, cache_bytes=run.cache.peak_bytes,
-            predictor_bytes=run.stats.predictor_bytes)
-        del patched, run, sink  # the run holds its last cache: keep it out of the next run's peak
-        save(result)
+        for repeat in range(repeats):  # a second run of the same model shows whether anything outlives a run
+            sink, memory = [], {}
+            disca_run_probe(comfy, patched, sink)
+            wall, peak = sample(comfy, patched, shape, flow_sigmas(steps, SHIFT[arch]), arch, memory=memory)
+            run = sink[-1]
+            n_full, n_pred = len(run.stats.full_steps), len(run.stats.predicted_steps)
+            result["runs"][name if repeat == 0 else f"{name}_run{repeat + 1}"] = dict(
+                steps=steps, anchors=sorted(run.anchors), wall_s=wall, peak_bytes=peak,
+                full_s=run.stats.timer.seconds("full"), predicted_s=run.stats.timer.seconds("predicted"),
+                full_steps=n_full, predicted_steps=n_pred, cache_bytes=run.cache.peak_bytes,
+                predictor_bytes=run.stats.predictor_bytes, **memory)
+            del run, sink  # the run holds its last cache: keep it out of the next run's peak
+            save(result)
+        del patched
 
     for steps in sorted({s for _, s in schedules.values()}):
         name = f"easycache_{steps}"
@@ -272,16 +331,19 @@ def run_size(comfy, arch: str, base, predictor, size: str, full_baseline: bool, 
     return result
 
 
-def summarize(result: dict, baseline_wall: float) -> None:
-    """The figures the issue asks for, keyed by schedule name."""
+def summarize(result: dict, baseline_wall: float | None) -> None:
+    """The figures the issue asks for, keyed by schedule name. Without a 50x2 baseline (`--no-step-timing`), the
+    speedups against it are left out; the ones against the no-cache run of the same step count stay."""
     runs = result["runs"]
     keys = ("full_step_s", "predicted_step_s", "predicted_over_full", "cache_bytes", "predictor_bytes",
-            "extra_peak_vram_bytes", "speedup_dit_vs_50x2", "ideal_speedup_dit_vs_50x2", "speedup_over_ideal")
+            "extra_peak_vram_bytes", "extra_peak_device_bytes", "speedup_vs_nocache", "speedup_dit_vs_50x2",
+            "ideal_speedup_dit_vs_50x2", "speedup_over_ideal")
     out = {key: {} for key in keys}
     for name, run in runs.items():
         if name == "cfg50x2":
             continue
-        out["speedup_dit_vs_50x2"][name] = (run.get("baseline_wall_s") or baseline_wall) / run["wall_s"]
+        baseline = run.get("baseline_wall_s") or baseline_wall
+        out["speedup_dit_vs_50x2"][name] = baseline / run["wall_s"] if baseline else None
         if "anchors" not in run:
             out["ideal_speedup_dit_vs_50x2"][name] = 100 / run["steps"] if name.startswith("nocache") else None
             continue
@@ -295,35 +357,46 @@ def summarize(result: dict, baseline_wall: float) -> None:
         out["cache_bytes"][name] = run["cache_bytes"]
         out["predictor_bytes"][name] = run["predictor_bytes"]
         out["extra_peak_vram_bytes"][name] = run["peak_bytes"] - nocache["peak_bytes"] if nocache else None
+        if nocache and "device_peak_bytes" in run and "device_peak_bytes" in nocache:
+            out["extra_peak_device_bytes"][name] = run["device_peak_bytes"] - nocache["device_peak_bytes"]
+        out["speedup_vs_nocache"][name] = nocache["wall_s"] / run["wall_s"] if nocache else None
         out["ideal_speedup_dit_vs_50x2"][name] = ideal
-        out["speedup_over_ideal"][name] = out["speedup_dit_vs_50x2"][name] / ideal
+        out["speedup_over_ideal"][name] = out["speedup_dit_vs_50x2"][name] / ideal if baseline else None
     result.update(out)
 
 
 def markdown(report: dict) -> str:
     commands = report["command"] if isinstance(report["command"], list) else [report["command"]]
-    lines = [f"# DisCa speed benchmark\n\nGPU: {report['gpu']}; torch {report['torch']}; {report['date']}.\n\nCommands:\n"
-             + "".join(f"- `{c}`\n" for c in commands)]
+    host = f"ComfyUI {report['comfyui']}, DynamicVRAM {report['dynamic_vram']}; " if "comfyui" in report else ""
+    lines = [f"# DisCa speed benchmark\n\nGPU: {report['gpu']}; torch {report['torch']}; {host}{report['date']}.\n\n"
+             "Commands:\n" + "".join(f"- `{c}`\n" for c in commands)]
     for arch, sizes in report["results"].items():
         for size, r in sizes.items():
             lines.append(f"\n## {arch} {size} (latent {r['latent_shape']}, {r['tokens']} image tokens)\n")
-            base = r["runs"]["cfg50x2"]
-            how = "measured" if base["measured_in_full"] else f"extrapolated from {base['steps']} measured steps"
-            lines.append(f"Full forward {r['full_call_s']:.3f} s; CFG step (batch 2) {r['cfg_step_s']:.3f} s; "
-                         f"50x2 baseline {base['extrapolated_wall_s']:.1f} s ({how}).\n")
-            lines.append("| run | steps | full + predicted | wall s | predicted/full | speedup vs 50x2 | ideal | measured/ideal | cache MiB | extra peak MiB |")
-            lines.append("|---|---|---|---|---|---|---|---|---|---|")
+            base = r["runs"].get("cfg50x2")
+            if base:
+                how = "measured" if base["measured_in_full"] else f"extrapolated from {base['steps']} measured steps"
+                lines.append(f"Full forward {r['full_call_s']:.3f} s; CFG step (batch 2) {r['cfg_step_s']:.3f} s; "
+                             f"50x2 baseline {base['extrapolated_wall_s']:.1f} s ({how}).\n")
+            lines.append("| run | steps | full + predicted | wall s | predicted/full | speedup vs no cache | speedup vs 50x2 "
+                         "| ideal | measured/ideal | cache MiB | extra peak MiB (torch) | extra peak MiB (device) "
+                         "| device used after run MiB |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for name, run in r["runs"].items():
                 if name == "cfg50x2":
                     continue
+
                 def fmt(key, scale=1.0, spec=".3f"):
                     value = r.get(key, {}).get(name)
                     return "" if value is None else format(value / scale, spec)
                 split = f"{run['full_steps']} + {run['predicted_steps']}" if "anchors" in run else ""
+                after = run.get("device_used_after_bytes")
                 lines.append(f"| {name} | {run['steps']} | {split} | {run['wall_s']:.2f} | {fmt('predicted_over_full', spec='.4f')} | "
+                             f"{fmt('speedup_vs_nocache', spec='.2f')} | "
                              f"{fmt('speedup_dit_vs_50x2', spec='.2f')} | {fmt('ideal_speedup_dit_vs_50x2', spec='.2f')} | "
                              f"{fmt('speedup_over_ideal', spec='.3f')} | {fmt('cache_bytes', 2**20, '.1f')} | "
-                             f"{fmt('extra_peak_vram_bytes', 2**20, '.1f')} |")
+                             f"{fmt('extra_peak_vram_bytes', 2**20, '.1f')} | {fmt('extra_peak_device_bytes', 2**20, '.1f')} | "
+                             f"{'' if after is None else format(after / 2**20, '.0f')} |")
             if "profile" in r:
                 lines.append(f"\nProfiler (host syncs / copies): `{json.dumps(r['profile'])}`\n")
     return "\n".join(lines) + "\n"
@@ -355,7 +428,7 @@ def merge(paths: list[str]) -> dict:
                     target.setdefault("profile", result.get("profile"))
     for sizes in merged["results"].values():
         for result in sizes.values():
-            summarize(result, result["runs"]["cfg50x2"]["extrapolated_wall_s"])
+            summarize(result, result["runs"].get("cfg50x2", {}).get("extrapolated_wall_s"))
     return merged
 
 
@@ -400,6 +473,12 @@ def main():
     parser.add_argument("--profile", action="store_true", help="profile host syncs on the first size")
     parser.add_argument("--no-step-timing", action="store_true",
                         help="skip the per-call and CFG-baseline timing (when another command of the run measured them)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run each DisCa schedule this many times on the same model (device memory after each "
+                             "run shows whether anything outlives a run)")
+    parser.add_argument("--comfyui-args", default="",
+                        help="ComfyUI command-line arguments, e.g. '--reserve-vram 116' for a 24 GB budget on a "
+                             "141 GB GPU (DynamicVRAM, ComfyUI's default on NVIDIA, then offloads the rest)")
     parser.add_argument("--out", required=True, help="JSON file to write (merged if it exists)")
     args = parser.parse_args()
     command = "python " + " ".join(sys.argv)  # before ComfyUI's argument parser takes sys.argv over
@@ -414,14 +493,15 @@ def main():
         return
     if not (args.comfyui and args.arch and args.size):
         parser.error("--comfyui, --arch and --size are required unless --merge is given")
-    comfy = start_comfyui(args.comfyui)
+    comfy = start_comfyui(args.comfyui, args.comfyui_args.split())
     arch = ARCH_HV10 if args.arch == "hv10" else ARCH_HV15
     torch.backends.cuda.matmul.allow_tf32 = True
     base = build_model(comfy, arch)
-    predictor = random_predictor(comfy, arch)
+    predictor = random_predictor(comfy, base, arch)
     out_path = Path(args.out)
     report = json.loads(out_path.read_text()) if out_path.exists() else {"results": {}}
-    report.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+    report.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__, comfyui=_comfyui_version(args.comfyui),
+                  dynamic_vram=bool(getattr(comfy.memory_management, "aimdo_enabled", False)),
                   date=datetime.date.today().isoformat(), command=command)
     only = set(args.only.split(",")) if args.only else None
     for size in args.size:
@@ -434,15 +514,14 @@ def main():
             out_path.write_text(json.dumps(report, indent=1))
 
         result = run_size(comfy, arch, base, predictor, size, tokens <= args.full_baseline_max_tokens,
-                          args.baseline_steps, only, not args.no_step_timing, save)
+                          args.baseline_steps, only, not args.no_step_timing, save, args.repeats)
         if args.profile and size == args.size[0]:
             from disca.hosts.comfyui import apply_disca
             patched = apply_disca(base, DisCaConfig(AnchorSchedule.from_preset("N2")), *predictor)
             result["profile"] = profile_calls(comfy, base, patched, shape, arch)
             save(result)
         log.info("%s %s done", arch, size)
-    if not args.no_step_timing:
-        print(markdown(merge([str(out_path)])))
+    print(markdown(merge([str(out_path)])))
 
 
 if __name__ == "__main__":

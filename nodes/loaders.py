@@ -29,8 +29,9 @@ class DisCaLoadDistilledModel(io.ComfyNode):
                 io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
                                tooltip="The distilled DiT, e.g. hyvideo10_t2v_restricted_meanflow_540p.safetensors."),
                 io.Combo.Input("weight_dtype", options=list(host.WEIGHT_DTYPES), default="default",
-                               tooltip="Storage dtype of the weights. 'default' lets ComfyUI pick (bf16 on most GPUs); "
-                                       "fp8 halves memory at some quality cost."),
+                               tooltip="Storage dtype of the weights. 'default' lets ComfyUI pick: bf16 for "
+                                       "HunyuanVideo-1.0, fp16 for 1.5 on GPUs that run fp16 well (bf16 or fp32 "
+                                       "elsewhere; fp32 on CPU). fp8 halves memory at some quality cost."),
                 io.Boolean.Input("allow_non_distilled", default=False,
                                  tooltip="Off: refuse a model that is not MeanFlow-distilled (time_r_in) or, for "
                                          "HunyuanVideo-1.0, not guidance-distilled (guidance_in). On: load any "

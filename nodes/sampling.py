@@ -67,13 +67,17 @@ class DisCaApply(io.ComfyNode):
                                default=PREDICTOR_ON_DEVICE,
                                tooltip="with_model: ComfyUI loads the predictor with the model. cpu_offload: "
                                        "weights stay in RAM and stream to the GPU on each predicted step (low VRAM)."),
+                io.Combo.Input("predictor_dtype", options=list(host.PREDICTOR_DTYPES), default="auto",
+                               tooltip="The predictor's compute dtype. auto: the model's, except beside an fp16 model "
+                                       "(ComfyUI's choice for HunyuanVideo-1.5 on most GPUs), where it is bf16, the "
+                                       "dtype the official predictors were trained in; casts happen at its edges."),
             ],
             outputs=[io.Model.Output(tooltip="The model with DisCa attached.")],
         )
 
     @classmethod
     def execute(cls, model, schedule: dict, mode: str, cache_device: str, predictor_device: str,
-                predictor=None) -> io.NodeOutput:
+                predictor_dtype: str, predictor=None) -> io.NodeOutput:
         # A step list is checked here, not in validate_inputs: ComfyUI hands validate_inputs the inputs inside a
         # DynamicCombo only through **kwargs, which would also switch off its own checks of every other input.
         config = DisCaConfig(build_schedule(schedule), mode=mode, cache_device=cache_device)
@@ -81,7 +85,7 @@ class DisCaApply(io.ComfyNode):
             host.check_base_fingerprint(model, predictor)
         patched = host.apply_disca(model, config, predictor.spec if predictor else None,
                                    predictor.state_dict if predictor else None,
-                                   offload_predictor=predictor_device == PREDICTOR_CPU_OFFLOAD)
+                                   offload_predictor=predictor_device == PREDICTOR_CPU_OFFLOAD, dtype=predictor_dtype)
         return io.NodeOutput(patched)
 
 

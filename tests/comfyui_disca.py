@@ -47,7 +47,8 @@ def apply(comfyui, model, predictor, interval: int = 2, mode: str = "predictor",
         choice["interval"] = interval
     elif schedule == "step_list":
         choice["step_list"] = step_list
-    options = dict(schedule=choice, mode=mode, cache_device="compute_device", predictor_device="with_model")
+    options = dict(schedule=choice, mode=mode, cache_device="compute_device", predictor_device="with_model",
+                   predictor_dtype="auto")
     options.update(kw)
     return comfyui.run_node("DisCaApply", model=model, predictor=predictor, **options)[0]
 

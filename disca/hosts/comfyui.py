@@ -166,14 +166,36 @@ def build_predictor(model_patcher, spec: PredictorSpec, tencent_state_dict: dict
     module_keys = predictor.state_dict().keys()
     state = match_norm_parameter_names(tencent_to_comfy_predictor(tencent_state_dict), module_keys)
     predictor.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    predictor.compute_dtype = dtype
     still_meta = [name for name, t in [*predictor.named_parameters(), *predictor.named_buffers()] if t.is_meta]
     if still_meta:  # a host block with state that no predictor file holds
         raise DisCaRuntimeError(f"DisCa: this ComfyUI's blocks have tensors no predictor file sets: {still_meta[:4]}")
     return predictor.eval().requires_grad_(False)
 
 
+PREDICTOR_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def predictor_dtype(model_patcher, choice: str = "auto") -> torch.dtype:
+    """The predictor's compute dtype. 'auto': the DiT's compute dtype, except fp16, where it is bf16 (fp32 on a
+    device without bf16): the official predictors are trained in bf16, and the fused cache carries the last block's
+    residual stream, whose magnitudes fp16's range (65504) is not made for. Casts happen at the predictor's edges."""
+    if choice not in PREDICTOR_DTYPES:
+        raise ValueError(f"predictor_dtype must be one of {sorted(PREDICTOR_DTYPES)}, got {choice!r}")
+    if PREDICTOR_DTYPES[choice] is not None:
+        return PREDICTOR_DTYPES[choice]
+    import comfy.model_management
+
+    dtype = model_patcher.model.manual_cast_dtype or model_patcher.model_dtype()
+    if dtype != torch.float16:
+        return dtype
+    device = model_patcher.load_device
+    return torch.bfloat16 if comfy.model_management.should_use_bf16(device) else torch.float32
+
+
 def apply_disca(model_patcher, config: DisCaConfig, spec: PredictorSpec | None = None,
-                tencent_state_dict: dict[str, torch.Tensor] | None = None, offload_predictor: bool = False):
+                tencent_state_dict: dict[str, torch.Tensor] | None = None, offload_predictor: bool = False,
+                dtype: str = "auto"):
     """Clone `model_patcher` and attach DisCa. Returns the clone; the caller's model is never changed."""
     import comfy.model_management
     import comfy.model_patcher
@@ -187,9 +209,7 @@ def apply_disca(model_patcher, config: DisCaConfig, spec: PredictorSpec | None =
         check_predictor_fits(spec, dit, "predictor")
         if spec.arch == ARCH_HV10 and dit.single_blocks == 0:
             raise DisCaRuntimeError("a single-stream predictor needs a model with single-stream blocks")
-        # the compute dtype, so that no cast (a copy) happens on each predicted step
-        dtype = model_patcher.model.manual_cast_dtype or model_patcher.model_dtype()
-        predictor = build_predictor(model_patcher, spec, tencent_state_dict, dtype)
+        predictor = build_predictor(model_patcher, spec, tencent_state_dict, predictor_dtype(model_patcher, dtype))
 
     patched = model_patcher.clone()
     patched.model_options["transformer_options"][SETUP_OPTION] = DisCaSetup(config, predictor, spec)
@@ -344,21 +364,25 @@ def _pass_single(args, extra):
 
 # The predictor patches write the fused tokens into the tensors the stock forward passed in (and still holds),
 # then run the blocks in place on them, as ComfyUI's blocks do: a predicted step then needs no more activation
-# memory than a full step, and DisCa's extra VRAM stays the predictor plus the cache.
+# memory than a full step, and DisCa's extra VRAM stays the predictor plus the cache. A predictor in another dtype
+# than the DiT works on its own copies and writes its output back into the stock tensors.
 
 
 def _single_stream_predictor(predictor: DisCaPredictor, cached: tuple):
     """The last single block's patch on a predicted step (HunyuanVideo-1.0): the predictor replaces the stack."""
     (cache,) = cached
+    dtype = predictor.compute_dtype
 
     def run_predictor(args, extra):
-        tokens = args["img"]  # [img ‖ txt] embedded tokens of this step
+        tokens = args["img"]  # the step's embedded image and text tokens, in the host's order
         _check_cache(cache, tokens)
-        tokens.copy_(predictor.fuse_tokens(tokens, cache))
+        x = predictor.fuse_tokens(_to(tokens, dtype), _to(cache, dtype))
+        if x.dtype == tokens.dtype:
+            x = tokens.copy_(x)
         for block in predictor.blocks:
-            tokens = block(tokens, vec=args["vec"], pe=args["pe"], attn_mask=args["attention_mask"],
-                           modulation_dims=args["modulation_dims"], transformer_options=args["transformer_options"])
-        return {"img": tokens}
+            x = block(x, vec=_to(args["vec"], dtype), pe=args["pe"], attn_mask=_to(args["attention_mask"], dtype),
+                      modulation_dims=args["modulation_dims"], transformer_options=args["transformer_options"])
+        return {"img": x if x.dtype == tokens.dtype else tokens.copy_(x)}
 
     return run_predictor
 
@@ -366,23 +390,35 @@ def _single_stream_predictor(predictor: DisCaPredictor, cached: tuple):
 def _double_stream_predictor(predictor: DisCaPredictor, cached: tuple):
     """Double block 0's patch on a predicted step (HunyuanVideo-1.5): the predictor replaces the stack."""
     cache_img, cache_txt = cached
+    dtype = predictor.compute_dtype
 
     def run_predictor(args, extra):
         img, txt = args["img"], args["txt"]
         _check_cache(cache_img, img)
         _check_cache(cache_txt, txt)
-        fused_img, fused_txt = predictor.fuse_streams(img, txt, cache_img, cache_txt)
-        img.copy_(fused_img)
-        txt.copy_(fused_txt)
-        del fused_img, fused_txt
+        x_img, x_txt = predictor.fuse_streams(_to(img, dtype), _to(txt, dtype), _to(cache_img, dtype),
+                                              _to(cache_txt, dtype))
+        if x_img.dtype == img.dtype:
+            x_img, x_txt = img.copy_(x_img), txt.copy_(x_txt)
         for block in predictor.blocks:
-            img, txt = block(img=img, txt=txt, vec=args["vec"], pe=args["pe"], attn_mask=args["attention_mask"],
-                             modulation_dims_img=args["modulation_dims_img"],
-                             modulation_dims_txt=args["modulation_dims_txt"],
-                             transformer_options=args["transformer_options"])
-        return {"img": img, "txt": txt}
+            x_img, x_txt = block(img=x_img, txt=x_txt, vec=_to(args["vec"], dtype), pe=args["pe"],
+                                 attn_mask=_to(args["attention_mask"], dtype),
+                                 modulation_dims_img=args["modulation_dims_img"],
+                                 modulation_dims_txt=args["modulation_dims_txt"],
+                                 transformer_options=args["transformer_options"])
+        if x_img.dtype != img.dtype:
+            x_img, x_txt = img.copy_(x_img), txt.copy_(x_txt)
+        return {"img": x_img, "txt": x_txt}
 
     return run_predictor
+
+
+def _to(tensor, dtype: torch.dtype):
+    """A floating tensor in the predictor's dtype: a no-op when the DiT computes in it too (the usual case); a cast
+    at the predictor's edge when not (a bf16 predictor beside an fp16 DiT)."""
+    if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+        return tensor
+    return tensor.to(dtype)
 
 
 def _check_cache(cache: torch.Tensor, current: torch.Tensor) -> None:
