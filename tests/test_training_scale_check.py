@@ -1,10 +1,13 @@
-"""`python -m training.scale_check --tiny`: the script issue 7's GPU runs use, end to end on the CPU with tiny models.
+"""`python -m training.scale_check --tiny`: the script the GPU runs of issues 7 and 15 use, end to end on the CPU with
+tiny models.
 
 It launches training/train.py through `accelerate launch` with the shipped DDP and FSDP2 configs (on the CPU,
-accelerate runs them as plain single processes; the sharding itself is tests/test_training_fsdp2.py's), and a
-MeanFlow run stopped at a checkpoint and resumed must end where the uninterrupted run ends.
+accelerate runs them as plain single processes; the sharding itself is tests/test_training_fsdp2.py's), a MeanFlow
+run stopped at a checkpoint and resumed must end where the uninterrupted run ends, and the same command run again
+(a new call of a time-limited machine) must skip every launch that has its result.
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +18,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    import json
-
+def runs(tmp_path_factory):
+    """Three calls on one folder: everything; the same command again; again after the resumed run's record is lost."""
     out = tmp_path_factory.mktemp("scale_check")
-    subprocess.run([sys.executable, "-m", "training.scale_check", "--out", str(out), "--tiny", "--predictor_steps", "4",
-                    "--meanflow_steps", "3", "--meanflow_checkpoint", "2"], check=True, cwd=str(REPO), timeout=600,
-                   stdout=subprocess.DEVNULL)
-    return out, json.loads((out / "scale_check.json").read_text())
+
+    def call() -> dict[str, dict]:
+        subprocess.run([sys.executable, "-m", "training.scale_check", "--out", str(out), "--tiny", "--parts", "all",
+                        "--predictor_steps", "4", "--meanflow_steps", "3", "--meanflow_checkpoint", "2"], check=True,
+                       cwd=str(REPO), timeout=600, stdout=subprocess.DEVNULL)
+        return {p.stem: json.loads(p.read_text()) for p in (out / "launches").glob("*.json")}
+
+    first = call()
+    summary = json.loads((out / "scale_check.json").read_text())
+    second = call()
+    (out / "launches" / "meanflow_resumed.json").unlink()
+    third = call()
+    return out, summary, first, second, third
 
 
-def test_predictor_stage_runs_through_the_ddp_config(results):
-    _, summary = results
+def test_predictor_stage_runs_through_the_ddp_config(runs):
+    _, summary, *_ = runs
     report = summary["predictor"]["report"]
     assert summary["failed_launches"] == []
     assert "accelerate_ddp.yaml" in summary["predictor"]["launch"]["command"]
@@ -35,8 +46,8 @@ def test_predictor_stage_runs_through_the_ddp_config(results):
     assert report["step_seconds_median"] > 0
 
 
-def test_stopped_and_resumed_meanflow_run_ends_where_the_uninterrupted_one_ends(results):
-    out, summary = results
+def test_stopped_and_resumed_meanflow_run_ends_where_the_uninterrupted_one_ends(runs):
+    _, summary, *_ = runs
     meanflow = summary["meanflow"]
     assert all("accelerate_fsdp2.yaml" in run["command"] for run in meanflow["launches"].values())
     assert "--resume" in meanflow["launches"]["resumed"]["command"]
@@ -48,16 +59,68 @@ def test_stopped_and_resumed_meanflow_run_ends_where_the_uninterrupted_one_ends(
     # the step counter is JSON, not a pickle loaded with weights_only=False
     files = meanflow["sharded_checkpoint"]["files"]
     assert "train_state.json" in files and not any(name.startswith("custom_checkpoint") for name in files)
-    assert (out / "meanflow_b" / "meanflow_dit.safetensors").is_file()
 
 
-def test_meanflow_part_refuses_a_run_the_disk_cannot_hold(tmp_path):
+def test_only_the_stopped_run_writes_a_checkpoint_and_the_full_depth_run_writes_none(runs):
+    out, summary, first, *_ = runs
+    assert "training/train.py" in first["meanflow_stopped"]["command"]
+    for name in ("meanflow_uninterrupted", "meanflow_resumed", "meanflow_repeat", "meanflow_full_depth"):
+        assert "training/scale_check.py train" in first[name]["command"]
+    assert not (out / "meanflow_a" / "checkpoints").exists() and not (out / "meanflow_full" / "checkpoints").exists()
+    full = summary["meanflow_full_depth"]
+    assert full["ran"] == "meanflow_full_depth" and full["attempts"]["meanflow_full_depth"]["report"]["steps"] == 3
+    assert full["attempts"]["meanflow_full_depth"]["model"]["blocks"] == [1, 2]  # the tiny "full" DiT
+    # the models, the checkpoint and the full-depth export are removed once no part needs them
+    assert not any(out.glob("dit_*.safetensors")) and not (out / "meanflow_b" / "checkpoints").exists()
+    assert not (out / "meanflow_full" / "meanflow_dit.safetensors").exists()
+
+
+def test_the_same_command_again_skips_every_finished_launch(runs):
+    _, _, first, second, third = runs
+    assert second == first  # no launch ran again: every record, start time included, is unchanged
+    # the resumed run's record lost: it runs again, and so does the stopped run whose checkpoint it starts from
+    # (removed once the comparison was done); nothing else
+    assert set(third) == set(first)
+    rerun = {name for name, record in first.items() if record.get("started_at") != third[name].get("started_at")}
+    assert rerun == {"meanflow_stopped", "meanflow_resumed"}
+    assert third["meanflow_resumed"]["returncode"] == 0
+    def losses(record):
+        return [(h["step"], h["loss"]) for h in record["report"]["last_losses"]]
+
+    assert losses(third["meanflow_resumed"]) == losses(first["meanflow_resumed"])
+
+
+def test_an_out_of_memory_point_is_read_from_the_log():
+    from training.scale_check import out_of_memory
+
+    log = "\n".join([
+        "meanflow:  25%|##5       | 1/4",
+        "[rank1]: Traceback (most recent call last):",
+        f'[rank1]:   File "{REPO}/training/loop.py", line 292, in run_single_model_stage',
+        "[rank1]:     optimizer.step()",
+        '[rank1]:   File "/opt/venv/lib/python3.12/site-packages/torch/optim/adam.py", line 612, in _multi_tensor_adam',
+        "[rank1]:     exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)",
+        "[rank0]: Traceback (most recent call last):",
+        "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 576.00 MiB. GPU 1 has a total capacity "
+        "of 139.81 GiB of which 301.06 MiB is free. Including non-PyTorch memory, this process has 139.50 GiB memory in "
+        "use. Of the allocated memory 136.10 GiB is allocated by PyTorch, and 1.25 GiB is reserved by PyTorch but "
+        "unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF",
+    ])
+    oom = out_of_memory(log)
+    assert oom["gpu"] == 1 and oom["tried_to_allocate_gib"] == 0.562 and oom["gpu_total_gib"] == 139.81
+    assert oom["gpu_free_gib"] == 0.294 and oom["process_in_use_gib"] == 139.5
+    assert oom["allocated_by_pytorch_gib"] == 136.1 and oom["reserved_unallocated_gib"] == 1.25
+    assert oom["repo_frames"] == ["training/loop.py:292 in run_single_model_stage: optimizer.step()"]
+    assert oom["innermost_frame"].endswith("_multi_tensor_adam: exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)")
+    assert out_of_memory("RuntimeError: something else") is None
+
+
+def test_a_run_the_disk_cannot_hold_is_refused_up_front(tmp_path):
     import shutil
 
-    from training.scale_check import check_disk_for_meanflow, parameter_count
+    from training.scale_check import check_disk, parameter_count
 
     assert parameter_count({}) == 12_821_012_544  # diffusers' defaults are HunyuanVideo-1.0: 20 + 40 blocks
-    too_many = shutil.disk_usage(tmp_path).free // 32 + 1
-    with pytest.raises(SystemExit, match="--meanflow_layers: .* GB are free"):
-        check_disk_for_meanflow(tmp_path, too_many)
-    check_disk_for_meanflow(tmp_path, 1000)
+    with pytest.raises(SystemExit, match="meanflow_stopped: needs .* GB are free"):
+        check_disk(tmp_path, shutil.disk_usage(tmp_path).free + 10**9, "meanflow_stopped")
+    check_disk(tmp_path, 1000, "meanflow_stopped")
