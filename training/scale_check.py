@@ -345,6 +345,11 @@ def main(argv: list[str] | None = None) -> dict:
                 or ("meanflow_full_depth" in parts and not full_depth_done(launches)))
 
     full_model = random_dit(full_path, base, meanflow=True, cuda=cuda, seed=0) if full_model_needed() else None
+    # first: the part that may need a second variant, the one a call's budget should not cut
+    if "meanflow_full_depth" in parts:
+        run_full_depth(args, out, launches, full_model, data, processes, cpu)
+        save_summary()
+
     if "predictor" in parts:
         run_dir = out / "predictor"
         if launches.final("predictor_ddp"):
@@ -362,10 +367,6 @@ def main(argv: list[str] | None = None) -> dict:
             launches.put("predictor_ddp", record)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             save_summary()
-
-    if "meanflow_full_depth" in parts:
-        run_full_depth(args, out, launches, full_model, data, processes, cpu)
-        save_summary()
 
     if full_model and not full_model_needed():
         remove_model(full_path)  # 26 GB; every part of this call that reads it has its result
