@@ -1,8 +1,8 @@
 """The shipped workflows (workflows/*.json) run headlessly in a real ComfyUI server on the tiny models (CPU).
 
-One server subprocess for the module: `main.py --cpu --cache-none` with this repo and the test-only stub pack
-(tests/comfyui_stubs) linked into a temporary custom_nodes folder, and the tiny models saved under the file names
-the workflows load. Each workflow is converted UI -> API (tests/workflow_api.py) with the server's /object_info,
+One server subprocess for the module (tests/comfyui_server.py: `main.py --cpu --cache-none` with this repo and the
+test-only stub pack linked into a temporary custom_nodes folder, and the tiny models saved under the file names
+the workflows load). Each workflow is converted UI -> API (tests/workflow_api.py) with the server's /object_info,
 then changed in two ways only:
 - the loaders of weights that cannot exist here (text encoders, VAE, CLIP vision) become the stub loaders, with
   the same inputs; every other node runs stock, and the DisCa nodes run for real;
@@ -15,33 +15,20 @@ Run with the testbed python: see README "Tests". Skipped elsewhere, with the rea
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
-from comfyui_env import COMFYUI_PATH, REPO_ROOT, requires_comfyui
-from tiny_model_files import (WORKFLOW_HV10_DIT, WORKFLOW_HV10_PREDICTOR, WORKFLOW_HV15_DIT, WORKFLOW_HV15_PREDICTOR,
-                              write_workflow_model_files)
+from comfyui_env import REPO_ROOT, requires_comfyui
+from comfyui_server import PACK_LINK, STUBS_LINK, Server
+from tiny_model_files import WORKFLOW_HV10_DIT, WORKFLOW_HV10_PREDICTOR, WORKFLOW_HV15_DIT, WORKFLOW_HV15_PREDICTOR
 from workflow_api import ui_to_api
 
 pytestmark = [requires_comfyui, pytest.mark.comfyui]
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
-STUBS_DIR = Path(__file__).resolve().parent / "comfyui_stubs"
-PACK_LINK, STUBS_LINK = "ComfyUI-DisCa", "disca_test_stubs"
 DISCA_NODES = ("DisCaLoadDistilledModel", "DisCaLoadPredictor", "DisCaApply", "DisCaSigmas")
-
-SERVER_START_S = 120
-RUN_TIMEOUT_S = 120
 
 # stock loader -> test stand-in with the same inputs (tests/comfyui_stubs)
 STUB_LOADERS = {
@@ -64,104 +51,6 @@ CASES = {
     # one branch through DisCa, one plain: a single summary line; the two 64-wide videos stitched with 16 px spacing
     "hunyuanvideo10_t2v_disca_ab_compare": ([T2V_SUMMARY], WORKFLOW_HV10_DIT, 64 + 16 + 64),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = root / "comfyui.log"
-        self.output_dir = root / "output"
-        self.input_dir = root / "input"
-        self.process: subprocess.Popen | None = None
-
-    def prepare(self) -> None:
-        custom_nodes = self.root / "custom_nodes"
-        custom_nodes.mkdir()
-        (custom_nodes / PACK_LINK).symlink_to(REPO_ROOT, target_is_directory=True)
-        (custom_nodes / STUBS_LINK).symlink_to(STUBS_DIR, target_is_directory=True)
-        write_workflow_model_files(self.root / "models")
-        for folder in (self.output_dir, self.input_dir, self.root / "user", self.root / "temp"):
-            folder.mkdir()
-        (self.root / "extra_model_paths.yaml").write_text(
-            "disca_workflow_test:\n"
-            f"    base_path: {self.root}\n"
-            "    custom_nodes: custom_nodes\n"
-            "    diffusion_models: models/diffusion_models\n"
-            "    disca: models/disca\n")
-
-    def start(self) -> None:
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                   "--disable-auto-launch", "--cache-none",  # every run executes every node, so each logs its summary
-                   "--extra-model-paths-config", str(self.root / "extra_model_paths.yaml"),
-                   "--output-directory", str(self.output_dir), "--input-directory", str(self.input_dir),
-                   "--user-directory", str(self.root / "user"), "--temp-directory", str(self.root / "temp")]
-        self.log_file = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, cwd=COMFYUI_PATH, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + SERVER_START_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log()[-5000:]}")
-            try:
-                self.get("/system_stats")
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.5)
-        raise RuntimeError(f"ComfyUI did not answer within {SERVER_START_S} s:\n{self.log()[-5000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log_file.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            return json.loads(response.read())
-
-    def post(self, path: str, body: dict):
-        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            raise AssertionError(f"POST {path} -> {error.code}: {error.read().decode()}") from None
-
-    def run(self, prompt: dict) -> tuple[dict, str]:
-        """Queue a prompt and wait for it; returns its history entry and the log lines written meanwhile."""
-        log_start = len(self.log())
-        queued = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
-        assert not queued.get("node_errors"), queued["node_errors"]
-        prompt_id = queued["prompt_id"]
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while time.monotonic() < deadline:
-            history = self.get(f"/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
-                entry = history[prompt_id]
-                if entry["status"]["status_str"] != "success":
-                    break
-                return entry, self.log()[log_start:]
-            time.sleep(0.25)
-        raise AssertionError(f"prompt {prompt_id} did not succeed within {RUN_TIMEOUT_S} s: "
-                             f"{self.get(f'/history/{prompt_id}').get(prompt_id, {}).get('status')}\n"
-                             f"{self.log()[log_start:][-6000:]}")
 
 
 @pytest.fixture(scope="module")
