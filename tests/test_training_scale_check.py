@@ -69,6 +69,7 @@ def test_only_the_stopped_run_writes_a_checkpoint_and_the_full_depth_run_writes_
     assert not (out / "meanflow_a" / "checkpoints").exists() and not (out / "meanflow_full" / "checkpoints").exists()
     full = summary["meanflow_full_depth"]
     assert full["ran"] == "meanflow_full_depth" and full["attempts"]["meanflow_full_depth"]["report"]["steps"] == 3
+    assert full["attempts"]["meanflow_full_depth"]["command"].endswith("--no_export")
     assert full["attempts"]["meanflow_full_depth"]["model"]["blocks"] == [1, 2]  # the tiny "full" DiT
     # the models, the checkpoint and the full-depth export are removed once no part needs them
     assert not any(out.glob("dit_*.safetensors")) and not (out / "meanflow_b" / "checkpoints").exists()

@@ -30,7 +30,9 @@ scale_check.json gathers every result so far; one log per launch in OUT/logs/.
 
 The launches that nothing resumes from (uninterrupted, resumed, repeat, full depth) run `training/train.py` through
 `python training/scale_check.py train`, which drops what the measurement does not use and a full-depth run cannot
-afford: checkpoints, and seven of the eight held-out samples of the before/after evaluation (two fp32 forwards each).
+afford: checkpoints, and seven of the eight held-out samples of the before/after evaluation (two fp32 forwards each);
+the full-depth run also skips the export (a 51 GB fp32 gather into rank 0's host memory, then 26 GB written, that
+nothing reads). Everything up to the end of the last step is the stage's own code.
 """
 
 from __future__ import annotations
@@ -401,8 +403,8 @@ def full_depth_done(launches: Launches) -> bool:
 
 def run_full_depth(args, out: Path, launches: Launches, model: dict | None, data: dict, processes: int,
                    cpu: bool) -> None:
-    """The full-size DiT distilled into itself (a random DiT, so time and memory only), no checkpoint; while a variant
-    runs out of GPU memory, the next one."""
+    """The full-size DiT distilled into itself (a random DiT, so time and memory only), writing nothing but its report;
+    while a variant runs out of GPU memory, the next one."""
     for name, flags in FULL_DEPTH_VARIANTS:
         if launches.succeeded(name):
             print(f"[scale_check] {name}: done before, skipped", flush=True)
@@ -411,18 +413,13 @@ def run_full_depth(args, out: Path, launches: Launches, model: dict | None, data
             print(f"[scale_check] {name}: ran out of GPU memory before; trying the next variant", flush=True)
             continue
         run_dir = out / "meanflow_full"
-        # rank 0 exports one bf16 DiT; no checkpoint
-        check_disk(out, BYTES_BF16 * model["parameters"], name)
         if (left := launches.time_left(name)) is None:
             return
         record = launch(name, "meanflow.yaml", "accelerate_fsdp2.yaml", processes, [
             "--model", model["path"], "--prompts", data["prompts"], "--latents", data["latents"],
             "--output_dir", str(run_dir), "--max_steps", str(args.meanflow_steps), "--warmup_steps", "0",
-            "--log_every", "1"], out, left, cpu, lean=True, accelerate_flags=tuple(flags))
+            "--log_every", "1", "--no_export"], out, left, cpu, lean=True, accelerate_flags=tuple(flags))
         record |= {"model": model, "report": summary_of(report_of(run_dir), RUN_KEYS)}
-        exported = run_dir / "meanflow_dit.safetensors"
-        record["exported_gib"] = round(exported.stat().st_size / 2**30, 2) if exported.is_file() else None
-        exported.unlink(missing_ok=True)  # 26 GB that nothing reads
         (run_dir / "report.json").unlink(missing_ok=True)  # the next variant must not read this one's
         launches.put(name, record)
         if "out_of_memory" not in record:
@@ -526,12 +523,24 @@ def summarize(out: Path, launches: Launches, results: dict) -> dict:
 
 
 def lean_train(argv: list[str]) -> dict:
-    """training/train.py without checkpoints and with a one-sample held-out evaluation (see the module docstring)."""
+    """training/train.py without checkpoints and with a one-sample held-out evaluation; `--no_export`: without the
+    export either (see the module docstring)."""
     from training import loop, meanflow
     from training.train import main as train_main
 
     loop.save_checkpoint = lambda accelerator, output_dir, step, keep: None
     meanflow.EVAL_BATCH = 1
+    if "--no_export" in argv:
+        argv = [a for a in argv if a != "--no_export"]
+
+        def report_only(accelerator, config, model, unwrapped, report, filename, R=None):
+            if accelerator.is_main_process:
+                loop.write_report(config.output_dir, report)
+            accelerator.wait_for_everyone()
+            accelerator.end_training()
+            return report
+
+        meanflow.finish_distillation = report_only
     return train_main(argv)
 
 
