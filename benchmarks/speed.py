@@ -88,18 +88,38 @@ def _comfyui_version(path: str) -> str:
 
 
 def build_model(comfy, arch: str, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
-    """ComfyUI's HunyuanVideo with random weights (bf16 unless `dtype`), loaded through ComfyUI's own loader from a state dict in
-    host memory (as DisCa Load Distilled Model does from a file), so that ComfyUI picks its patcher and memory
-    management as for a real checkpoint. The random weights are made on the GPU (fast), then moved to the host."""
+    """ComfyUI's HunyuanVideo with random weights (bf16 unless `dtype`), loaded through ComfyUI's own loader from a
+    state dict in host memory (as DisCa Load Distilled Model does from a file), so that ComfyUI picks its patcher
+    and memory management as for a real checkpoint. Parameter names and shapes come from the model class built on
+    the meta device; the random values are drawn on the GPU (fast) and moved to the host."""
     config_class = comfy.supported_models.HunyuanVideo15 if arch == ARCH_HV15 else comfy.supported_models.HunyuanVideo
     model_config = config_class(dict(UNET_CONFIGS[arch]))
     model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({}, device=comfy.model_management.get_torch_device())
-    _randomize(model.diffusion_model, seed)
-    state = {f"model.diffusion_model.{k}": v.to("cpu") for k, v in model.diffusion_model.state_dict().items()}
-    del model
-    torch.cuda.empty_cache()
+    with _eager_parameters(comfy):
+        skeleton = model_config.get_model({}, device="meta").diffusion_model
+    device = comfy.model_management.get_torch_device()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    state = {}
+    for name, param in skeleton.named_parameters():
+        if param.ndim == 1 and ("norm" in name or name.endswith(".scale")):
+            state[name] = torch.ones(param.shape, dtype=dtype)
+        else:
+            values = torch.randn(param.shape, device=device, generator=generator) * 0.02
+            state[name] = values.to(dtype).to("cpu")
+    del skeleton
     return comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
+
+
+@contextlib.contextmanager
+def _eager_parameters(comfy):
+    """Under DynamicVRAM, ComfyUI's layers create their weights only when a state dict is loaded; to draw random
+    weights the benchmark needs them up front, with the same names and shapes."""
+    enabled = getattr(comfy.memory_management, "aimdo_enabled", False)
+    comfy.memory_management.aimdo_enabled = False
+    try:
+        yield
+    finally:
+        comfy.memory_management.aimdo_enabled = enabled
 
 
 @torch.no_grad()
@@ -124,10 +144,11 @@ def random_predictor(comfy, base, arch: str, seed: int = 1):
     spec = PredictorSpec(arch=arch, hidden_size=config["hidden_size"], num_heads=config["num_heads"], depth=2,
                          mlp_hidden_dim=4 * config["hidden_size"])
     ops = comfy.ops.manual_cast
-    module = DisCaPredictor(spec, host_blocks(base, spec, torch.bfloat16, ops), operations=ops, dtype=torch.bfloat16,
-                            device="meta").to_empty(device="cuda")
+    with _eager_parameters(comfy):
+        module = DisCaPredictor(spec, host_blocks(base, spec, torch.bfloat16, ops), operations=ops,
+                                dtype=torch.bfloat16, device="meta").to_empty(device="cuda")
     _randomize(module, seed)
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in module.named_parameters()}
     del module
     return spec, comfy_to_tencent_predictor(state)
 
@@ -206,7 +227,7 @@ class CallTimer:
 
 def sample(comfy, model, shape, sigmas, arch, cfg=1.0, memory: dict | None = None):
     """One stock `euler` sampling run; returns (wall seconds, peak allocated bytes). `memory`, if given, receives the
-    device-level figures (NVML): peak used during the run, and used after it once ComfyUI's cache is emptied."""
+    device-level peak (NVML) during the run."""
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     positive, negative = conditioning(arch, seed=1), conditioning(arch, seed=2)
     sampler = comfy.samplers.sampler_object("euler")
@@ -222,10 +243,14 @@ def sample(comfy, model, shape, sigmas, arch, cfg=1.0, memory: dict | None = Non
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
     if memory is not None:
-        comfy.model_management.soft_empty_cache()
-        memory.update(device_peak_bytes=device.peak, device_used_after_bytes=device.used(),
-                      allocated_after_bytes=torch.cuda.memory_allocated())
+        memory.update(device_peak_bytes=device.peak)
     return wall, torch.cuda.max_memory_allocated()
+
+
+def memory_after_run(comfy) -> dict:
+    """What stays on the GPU once a run is over and the caller has dropped its own references to it."""
+    comfy.model_management.soft_empty_cache()
+    return dict(device_used_after_bytes=DeviceMemory().used(), allocated_after_bytes=torch.cuda.memory_allocated())
 
 
 def disca_run_probe(comfy, model, sink: list):
@@ -298,25 +323,27 @@ def run_size(comfy, arch: str, base, predictor, size: str, full_baseline: bool, 
         if want(name):
             memory = {}
             wall, peak = sample(comfy, base, shape, flow_sigmas(steps, SHIFT[arch]), arch, memory=memory)
-            result["runs"][name] = dict(steps=steps, wall_s=wall, peak_bytes=peak, **memory)
+            result["runs"][name] = dict(steps=steps, wall_s=wall, peak_bytes=peak, **memory, **memory_after_run(comfy))
             save(result)
 
     for name, (schedule, steps) in schedules.items():
         if not want(name):
             continue
         patched = apply_disca(base, DisCaConfig(AnchorSchedule.from_preset(schedule)), spec, state)
+        sink = []
+        disca_run_probe(comfy, patched, sink)
         for repeat in range(repeats):  # a second run of the same model shows whether anything outlives a run
-            sink, memory = [], {}
-            disca_run_probe(comfy, patched, sink)
+            memory = {}
             wall, peak = sample(comfy, patched, shape, flow_sigmas(steps, SHIFT[arch]), arch, memory=memory)
-            run = sink[-1]
+            run = sink.pop()  # the benchmark's own reference to the finished run (and its last cache)
             n_full, n_pred = len(run.stats.full_steps), len(run.stats.predicted_steps)
             result["runs"][name if repeat == 0 else f"{name}_run{repeat + 1}"] = dict(
                 steps=steps, anchors=sorted(run.anchors), wall_s=wall, peak_bytes=peak,
                 full_s=run.stats.timer.seconds("full"), predicted_s=run.stats.timer.seconds("predicted"),
                 full_steps=n_full, predicted_steps=n_pred, cache_bytes=run.cache.peak_bytes,
                 predictor_bytes=run.stats.predictor_bytes, **memory)
-            del run, sink  # the run holds its last cache: keep it out of the next run's peak
+            del run  # the run holds its last cache: keep it out of the next run's figures
+            result["runs"][name if repeat == 0 else f"{name}_run{repeat + 1}"].update(memory_after_run(comfy))
             save(result)
         del patched
 

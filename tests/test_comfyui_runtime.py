@@ -325,3 +325,27 @@ def test_damaged_predictor_file_fails_in_the_loader_node(comfyui):
     pickle.write_bytes(b"\x80\x02}q\x00" + bytes(64))
     with pytest.raises(ValueError, match="pickled_predictor.safetensors: not a safetensors file"):
         comfyui.run_node("DisCaLoadPredictor", predictor_name="pickled_predictor.safetensors")
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_other_caches_and_torch_compile_are_refused(comfyui, order):
+    """EasyCache/LazyCache would skip or reuse DisCa's steps, TorchCompileModel would recompile every predicted step:
+    refused with a message naming the node, whichever comes first on the model's path."""
+    from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
+
+    model, predictor = load(comfyui, ARCH_HV10)
+    others = {
+        "easycache": lambda m: EasyCacheNode.execute(m, reuse_threshold=0.2, start_percent=0.15, end_percent=0.95,
+                                                     verbose=False).result[0],
+        "lazycache": lambda m: LazyCacheNode.execute(m, reuse_threshold=0.2, start_percent=0.15, end_percent=0.95,
+                                                     verbose=False).result[0],
+        "torch.compile": lambda m: comfyui.node("TorchCompileModel").execute(m, backend="inductor").result[0],
+    }
+    for name, add in others.items():
+        if order == "before":
+            with pytest.raises(RuntimeError, match="also has .*remove that node"):
+                apply(comfyui, add(model), predictor)
+        else:
+            patched = add(apply(comfyui, model, predictor))
+            with pytest.raises(RuntimeError, match="sampling a DisCa model: this model also has .*remove that node"):
+                comfyui.sample(patched, noise(ARCH_HV10, 0), flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1))

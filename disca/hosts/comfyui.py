@@ -123,17 +123,48 @@ def check_base_fingerprint(model_patcher, predictor_file: PredictorFile) -> None
     if expected is None:
         return
     actual = fingerprint_of(model_patcher)
+    if actual is None:
+        log.info("DisCa: this model's weights are quantized (fp8, GGUF, ...), so %s's base-model check is skipped",
+                 predictor_file.path)
+        return
     if actual != expected:
         log.warning("DisCa: %s was trained on a base model with fingerprint %s, but this model's is %s; "
                     "predictions may be poor. Train or download the predictor for this checkpoint.",
                     predictor_file.path, expected, actual)
 
 
-def fingerprint_of(model_patcher) -> str:
+def fingerprint_of(model_patcher) -> str | None:
+    """The base fingerprint of the loaded weights; None when they are quantized, whose values cannot match the
+    full-precision weights a predictor was trained on."""
     module = diffusion_model_of(model_patcher)
     names = ("img_in.proj.weight", "final_layer.linear.weight", "time_in.in_layer.weight")
     state = {name: module.get_parameter(name) for name in names}
+    if any(type(t) is not torch.nn.Parameter or t.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+           for t in state.values()):
+        return None
     return base_fingerprint(state)
+
+
+# Keys under which other caches put their state or wrappers on a model: ComfyUI's EasyCache and LazyCache
+# ("easycache"), and the custom caches that follow the same pattern (TeaCache, First Block Cache, MagCache, ...).
+# TorchCompileModel's wrapper ("torch.compile") compiles the whole DiT, which DisCa's per-step block patches
+# would recompile on every predicted step.
+def incompatible_with_disca(model_patcher) -> list[str]:
+    """Names of what on this model DisCa cannot run beside: another cache, or TorchCompileModel."""
+    found = {k for k in model_patcher.model_options.get("transformer_options", {}) if "cache" in str(k).lower()}
+    for wrappers in model_patcher.wrappers.values():
+        found |= {k for k in wrappers if k != WRAPPER_KEY and ("cache" in str(k).lower() or k == "torch.compile")}
+    return sorted(found)
+
+
+def refuse_incompatible(model_patcher, where: str) -> None:
+    found = incompatible_with_disca(model_patcher)
+    if found:
+        raise DisCaRuntimeError(
+            f"DisCa: {where} this model also has {', '.join(repr(k) for k in found)}. Another cache (EasyCache, "
+            "LazyCache, TeaCache, ...) would skip or reuse the steps DisCa schedules, and TorchCompileModel would "
+            "recompile the DiT on every predicted step; remove that node from this model's path."
+        )
 
 
 def host_blocks(model_patcher, spec: PredictorSpec, dtype: torch.dtype, operations) -> torch.nn.ModuleList:
@@ -202,6 +233,7 @@ def apply_disca(model_patcher, config: DisCaConfig, spec: PredictorSpec | None =
     import comfy.patcher_extension
 
     dit = dit_spec_of(model_patcher)
+    refuse_incompatible(model_patcher, "DisCa Apply:")
     predictor = None
     if config.mode == MODE_PREDICTOR:
         if spec is None or tencent_state_dict is None:
@@ -242,6 +274,7 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
 
     guider = executor.class_obj
     original_options = guider.model_options
+    refuse_incompatible(guider.model_patcher, "sampling a DisCa model:")
     call = _bind(executor, args, kwargs)
     guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
     options = guider.model_options["transformer_options"]
