@@ -1,9 +1,12 @@
-"""A real ComfyUI server (subprocess, CPU) with this pack and the test stub loaders, for the HTTP and browser tests.
+"""A real ComfyUI server (subprocess, CPU) with this pack and the test stub loaders, for the workflow, HTTP and
+browser tests.
 
 `main.py --cpu --cache-none` runs from COMFYUI_PATH with the testbed's python (COMFYUI_PYTHON); this repo and
-tests/comfyui_stubs are linked into a temporary custom_nodes folder and the tiny models are saved under the file
-names the shipped workflows load. Everything the server writes (log, output, input, user, temp) stays in the
-temporary folder.
+tests/comfyui_stubs are linked into a temporary custom_nodes folder. Every file the shipped workflows name exists:
+the tiny models under the DiT and predictor file names; empty placeholders for the text encoders, VAEs and CLIP
+vision (so that the frontend finds every model a workflow lists, and ComfyUI's loaders list them; the tests run
+the stub loaders instead, which never open them); the start image of the image-to-video workflow. Everything the
+server writes (log, output, input, user, temp) stays in the temporary folder.
 """
 
 from __future__ import annotations
@@ -18,12 +21,17 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 from comfyui_env import COMFYUI_PATH, REPO_ROOT
 from tiny_model_files import write_workflow_model_files
 
 STUBS_DIR = Path(__file__).resolve().parent / "comfyui_stubs"
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
 PACK_LINK, STUBS_LINK = "ComfyUI-DisCa", "disca_test_stubs"
+
+# the model folders the shipped workflows load from (their nodes' properties.models directories)
+MODEL_FOLDERS = ("diffusion_models", "disca", "text_encoders", "vae", "clip_vision")
 
 SERVER_START_S = 120
 RUN_TIMEOUT_S = 120
@@ -54,12 +62,26 @@ class Server:
         write_workflow_model_files(self.root / "models")
         for folder in (self.output_dir, self.input_dir, self.root / "user", self.root / "temp"):
             folder.mkdir()
+        self._write_shipped_workflow_files()
+        folders = "".join(f"    {folder}: models/{folder}\n" for folder in MODEL_FOLDERS)
         (self.root / "extra_model_paths.yaml").write_text(
             "disca_workflow_test:\n"
             f"    base_path: {self.root}\n"
-            "    custom_nodes: custom_nodes\n"
-            "    diffusion_models: models/diffusion_models\n"
-            "    disca: models/disca\n")
+            "    custom_nodes: custom_nodes\n" + folders)
+
+    def _write_shipped_workflow_files(self) -> None:
+        from PIL import Image
+
+        for path in sorted(WORKFLOWS_DIR.glob("*.json")):
+            for node in json.loads(path.read_text())["nodes"]:
+                for model in node.get("properties", {}).get("models", []):
+                    placeholder = self.root / "models" / model["directory"] / model["name"]
+                    if not placeholder.exists():
+                        placeholder.parent.mkdir(parents=True, exist_ok=True)
+                        placeholder.touch()
+                if node["type"] == "LoadImage":
+                    gradient = Image.linear_gradient("L").resize((96, 80)).convert("RGB")
+                    gradient.save(self.input_dir / node["widgets_values"][0])
 
     def start(self) -> None:
         python = os.environ.get("COMFYUI_PYTHON", sys.executable)
@@ -97,18 +119,29 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            return json.loads(response.read())
+        return json.loads(self.get_raw(path)[1])
 
-    def request(self, path: str, body: dict) -> tuple[int, dict]:
-        """POST a JSON body; returns the HTTP status and the JSON answer, also for an error status."""
+    def get_raw(self, path: str) -> tuple[str, bytes]:
+        """GET a file: its Content-Type and bytes."""
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return response.headers.get_content_type(), response.read()
+
+    def frontend_version(self) -> tuple[int, ...]:
+        """The frontend version this ComfyUI pins (requirements.txt), the one its testbed installs."""
+        from workflow_api import parse_frontend_version
+
+        return parse_frontend_version(self.get("/system_stats")["system"]["required_frontend_version"])
+
+    def request(self, path: str, body: Any) -> tuple[int, Any]:
+        """POST a JSON body; returns the HTTP status and the JSON answer (None if empty), also for an error status."""
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
+                status, answer = response.status, response.read()
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+            status, answer = error.code, error.read()
+        return status, (json.loads(answer) if answer else None)
 
     def post(self, path: str, body: dict) -> dict:
         status, answer = self.request(path, body)

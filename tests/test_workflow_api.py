@@ -1,4 +1,9 @@
-"""The UI -> API workflow converter (tests/workflow_api.py) and the shipped workflow files, without ComfyUI (CPU, CI)."""
+"""The UI -> API workflow converter (tests/workflow_api.py) and the shipped workflow files, without ComfyUI (CPU, CI).
+
+The rule tests with real node definitions use the object_info entries captured from the two testbeds
+(tests/object_info_fixtures.py); each expected prompt is what that frontend's own graphToPrompt gave for the same
+workflow in the browser (tests/test_comfyui_browser.py checks the shipped workflows the same way, live).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from workflow_api import WorkflowError, ui_to_api
+from object_info_fixtures import COMFYUI_VERSIONS, load_fixture
+from workflow_api import (FRONTEND_1_35, FRONTEND_1_49, WorkflowError, build_widgets, parse_frontend_version,
+                          restore_widgets, ui_to_api)
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
 SHIPPED = sorted(WORKFLOWS_DIR.glob("*.json"))
@@ -144,15 +151,36 @@ def test_dict_form_links_are_accepted():
     assert ui_to_api(graph, DEFS) == ui_to_api(chain(), DEFS)
 
 
-@pytest.mark.parametrize("values, message", [
-    (["y", 0.5, "hi", "extra"], r"node 2 \(Apply\): widgets_values .* 1 value\(s\) more than its widgets"),
-    (["y"], r"node 2 \(Apply\): widgets_values \['y'\] has no value for widget 'strength'"),
-])
-def test_widget_count_mismatch_names_the_node(values, message):
+def test_values_left_over_are_ignored_and_widgets_left_over_keep_their_defaults():
+    """As LiteGraph's configure does: a workflow saved by another ComfyUI version loads without an error."""
     graph = chain()
-    graph["nodes"][1]["widgets_values"] = values
-    with pytest.raises(WorkflowError, match=message):
-        ui_to_api(graph, DEFS)
+    graph["nodes"][1]["widgets_values"] = ["y", 0.5, "hi", "extra"]
+    assert ui_to_api(graph, DEFS)["2"]["inputs"]["label"] == "hi"
+    graph["nodes"][1]["widgets_values"] = ["y"]
+    assert ui_to_api(graph, DEFS)["2"]["inputs"] == {"schedule": "y", "strength": 0, "label": "", "model": ["1", 0]}
+
+
+def test_seed_control_widget_takes_the_next_value_whatever_it_is():
+    """The control widget always exists after a seed; the frontend does not check that its value is a control."""
+    graph = workflow([node(1, "LegacySeed", [5, 20, 30], outputs=[("INT", "INT", [])])], [])
+    assert ui_to_api(graph, DEFS)["1"]["inputs"] == {"seed": 5, "steps": 30}
+
+
+@pytest.mark.parametrize("frontend, expected", [(FRONTEND_1_35, {"value": 7, "model": ["2", 0]}),
+                                                (FRONTEND_1_49, {"value": 7, "model": ["2", 0]})])
+def test_legacy_force_input_value_is_dropped_before_restoring(frontend, expected):
+    """A save from before forceInput inputs lost their widgets_values slot: one value per widget or forceInput input."""
+    graph = workflow([
+        node(2, "Loader", ["a.safetensors"], outputs=[("MODEL", "MODEL", [1]), ("report", "STRING", [])]),
+        node(3, "Sink", [7, "stale text"], inputs=[("model", "MODEL", 1), ("text", "STRING", None)]),
+    ], [[1, 2, 0, 3, 0, "MODEL"]])
+    assert ui_to_api(graph, DEFS, frontend)["3"]["inputs"] == expected
+
+
+def test_frontend_version_is_parsed_or_refused():
+    assert parse_frontend_version("1.35.9") == FRONTEND_1_35
+    with pytest.raises(WorkflowError, match="frontend version 'v1.35' is not of the form 1.35.9"):
+        parse_frontend_version("v1.35")
 
 
 def test_unknown_node_type_and_subgraphs_are_refused():
@@ -230,19 +258,156 @@ def test_shipped_workflow_names_its_model_files(path):
             assert model["name"] in notes[0] and f"models/{model['directory']}" in notes[0]
 
 
-@pytest.mark.parametrize("path, preset, steps, shift", [
-    (WORKFLOWS_DIR / "hunyuanvideo10_t2v_rmeanflow_disca.json", "t2v_official_10of20", 20, 5.0),
-    (WORKFLOWS_DIR / "hunyuanvideo10_t2v_disca_ab_compare.json", "t2v_official_10of20", 20, 5.0),
-    (WORKFLOWS_DIR / "hunyuanvideo15_i2v_480p_step_distilled_disca.json", "i2v_official_4of8", 8, 7.0),
-], ids=lambda v: v.stem if isinstance(v, Path) else None)
-def test_shipped_workflow_uses_the_official_schedule(path, preset, steps, shift):
+# ---- rules with the real node definitions of both testbeds (expected: the frontend's own graphToPrompt)
+
+FIXTURES = {version: load_fixture(version) for version in COMFYUI_VERSIONS}
+OLD, NEW = "0.8.0", "0.33.0"  # frontends 1.35.9 and 1.49.6
+
+
+def convert(comfyui_version: str, node_type: str, values: list | None, links: tuple = ()) -> dict:
+    """One node of `node_type` with `values` (and sockets fed by node 99), converted with that testbed's rules."""
+    fixture = FIXTURES[comfyui_version]
+    link_ids = [100 + index for index in range(len(links))]
+    graph = workflow([node(1, node_type, values, inputs=[(name, "ANY", link) for name, link in zip(links, link_ids)]),
+                      node(99, "Loader", ["a.safetensors"], outputs=[("MODEL", "MODEL", link_ids)])],
+                     [[link, 99, 0, 1, index, "ANY"] for index, link in enumerate(link_ids)])
+    return ui_to_api(graph, {**fixture["object_info"], "Loader": DEFS["Loader"]},
+                     parse_frontend_version(fixture["frontend_version"]))["1"]["inputs"]
+
+
+def test_fixtures_pair_each_comfyui_with_its_frontend():
+    assert {version: FIXTURES[version]["frontend_version"] for version in COMFYUI_VERSIONS} == {
+        "0.8.0": "1.35.9", "0.33.0": "1.49.6"}
+
+
+@pytest.mark.parametrize("version", COMFYUI_VERSIONS)
+def test_dynamic_combo_option_inputs_follow_the_combo_as_dotted_widgets(version):
+    assert convert(version, "DisCaApply", ["interval", 7, "reuse_output", "cpu", "cpu_offload", "bf16"],
+                   links=("model",)) == {
+        "schedule": "interval", "schedule.interval": 7, "mode": "reuse_output", "cache_device": "cpu",
+        "predictor_device": "cpu_offload", "predictor_dtype": "bf16", "model": ["99", 0]}
+    assert convert(version, "DisCaApply", ["step_list", "0 2 4 7", "predictor", "compute_device", "with_model",
+                                           "auto"])["schedule.step_list"] == "0 2 4 7"
+    assert convert(version, "DisCaSigmas", ["custom", 12, 6.5]) == {"preset": "custom", "preset.steps": 12,
+                                                                    "preset.shift": 6.5}
+
+
+@pytest.mark.parametrize("version", COMFYUI_VERSIONS)
+def test_dynamic_combo_without_option_inputs_and_unknown_options_add_no_widgets(version):
+    assert convert(version, "DisCaSigmas", ["i2v_official_4of8"]) == {"preset": "i2v_official_4of8"}
+    assert convert(version, "DisCaApply", ["bogus", "reuse_output", "cpu"]) == {
+        "schedule": "bogus", "mode": "reuse_output", "cache_device": "cpu", "predictor_device": "with_model",
+        "predictor_dtype": "auto"}
+
+
+@pytest.mark.parametrize("version", COMFYUI_VERSIONS)
+def test_dynamic_combo_option_inputs_missing_from_the_save_take_their_defaults(version):
+    assert convert(version, "DisCaSigmas", ["custom", 12]) == {"preset": "custom", "preset.steps": 12,
+                                                              "preset.shift": 5.0}
+
+
+def test_nested_dynamic_combos_insert_depth_first():
+    """0.33's SaveVideo: format (DynamicCombo) -> codec (DynamicCombo) -> encoding (DynamicCombo) -> crf, color_space,
+    then its own hidden optional codec; 0.8.0's SaveVideo has plain combos, and the extra values are ignored."""
+    values = ["x", "mp4", "h264", "re-encode", 20, "sRGB", "auto"]
+    assert convert(NEW, "SaveVideo", values) == {
+        "filename_prefix": "x", "format": "mp4", "format.codec": "h264", "format.codec.encoding": "re-encode",
+        "format.codec.encoding.crf": 20, "format.codec.encoding.color_space": "sRGB", "codec": "auto"}
+    assert convert(OLD, "SaveVideo", values) == {"filename_prefix": "x", "format": "mp4", "codec": "h264"}
+
+
+def test_a_save_from_the_older_frontend_fills_new_widgets_with_defaults():
+    assert convert(NEW, "SaveVideo", ["video/x", "auto", "auto"]) == {
+        "filename_prefix": "video/x", "format": "auto", "format.codec": "auto", "codec": "auto"}
+    assert convert(NEW, "CreateVideo", [24]) == {"fps": 24, "bit_depth": 8}  # new optional widget
+    assert convert(NEW, "CreateVideo", [24, 10, "extra"]) == {"fps": 24, "bit_depth": 10}
+    assert convert(OLD, "CreateVideo", [24, 10]) == {"fps": 24}
+
+
+def test_preview_any_widgets_come_from_the_frontend_and_differ_between_versions():
+    """1.35.9 sends its preview widgets and saves [null, null, false], then reads the first null into previewMode;
+    1.49.6 neither saves nor sends them."""
+    assert convert(OLD, "PreviewAny", [None, None, False]) == {"preview": "", "previewMode": None}
+    assert convert(OLD, "PreviewAny", []) == {"preview": "", "previewMode": False}
+    assert convert(NEW, "PreviewAny", [None, None, False]) == {}
+    assert convert(NEW, "PreviewAny", []) == {}
+    assert [widget.name for widget in build_widgets("PreviewAny", FIXTURES[NEW]["object_info"]["PreviewAny"],
+                                                    FRONTEND_1_49)] == ["preview_text", "preview_mode"]
+
+
+@pytest.mark.parametrize("version", COMFYUI_VERSIONS)
+def test_advanced_inputs_are_widgets_like_any_other(version):
+    tiled = FIXTURES[version]["object_info"]["VAEDecodeTiled"]["input"]["required"]
+    assert tiled["tile_size"][1].get("advanced") is (True if version == NEW else None)
+    assert convert(version, "VAEDecodeTiled", [256, 64, 64, 8]) == {"tile_size": 256, "overlap": 64,
+                                                                    "temporal_size": 64, "temporal_overlap": 8}
+    assert convert(version, "DualCLIPLoader", ["a", "b", "hunyuan_video", "cpu"])["device"] == "cpu"
+
+
+@pytest.mark.parametrize("version", COMFYUI_VERSIONS)
+def test_control_and_upload_widgets_are_saved_but_not_sent(version):
+    assert convert(version, "RandomNoise", [42, "fixed"]) == {"noise_seed": 42}
+    assert convert(version, "KSampler", [3, "increment", 20, 8.0, "euler", "simple", 1.0])["seed"] == 3
+    assert convert(version, "LoadImage", ["example.png", "image"]) == {"image": "example.png"}
+
+
+def test_unmodelled_inputs_are_refused_with_the_node_and_input():
+    defs = {"Audio": {"input": {"required": {"audio": [["a.wav"], {"audio_upload": True}]}}, "output": ["AUDIO"]},
+            "Grow": {"input": {"required": {"values": ["COMFY_AUTOGROW_V3", {}]}}, "output": ["INT"]}}
+    with pytest.raises(WorkflowError, match="Audio.audio: the audio_upload widgets are not modelled"):
+        ui_to_api(workflow([node(1, "Audio", ["a.wav"])], []), defs)
+    with pytest.raises(WorkflowError, match="Grow.values: Autogrow inputs are not modelled"):
+        ui_to_api(workflow([node(1, "Grow", [])], []), defs)
+
+
+# ---- the shipped workflows, converted with each testbed's definitions and frontend rules
+
+INTENDED = {  # workflow -> (DisCa Apply schedule, DisCa Sigmas preset)
+    "hunyuanvideo10_t2v_rmeanflow_disca": "t2v_official_10of20",
+    "hunyuanvideo10_t2v_disca_ab_compare": "t2v_official_10of20",
+    "hunyuanvideo15_i2v_480p_step_distilled_disca": "i2v_official_4of8",
+}
+
+
+@pytest.mark.parametrize("version", COMFYUI_VERSIONS)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_workflow_converts_with_the_intended_disca_settings(path, version):
     from disca.schedules import PRESETS
 
-    graph = json.loads(path.read_text())
+    fixture = FIXTURES[version]
+    prompt = ui_to_api(json.loads(path.read_text()), fixture["object_info"],
+                       parse_frontend_version(fixture["frontend_version"]))
     by_type = {}
-    for n in graph["nodes"]:
-        by_type.setdefault(n["type"], []).append(n["widgets_values"])
-    assert by_type["DisCaApply"] == [[preset, 2, by_type["DisCaApply"][0][2], "predictor", "compute_device", "with_model"]]
-    assert by_type["DisCaSigmas"] == [[preset, steps, shift]]
-    assert (PRESETS[preset].steps, PRESETS[preset].shift) == (steps, shift)
-    assert by_type["KSamplerSelect"] == [["euler"]]  # shared by both samplers in the A/B workflow
+    for entry in prompt.values():
+        widgets = {name: value for name, value in entry["inputs"].items() if not isinstance(value, list)}
+        by_type.setdefault(entry["class_type"], []).append(widgets)
+    preset = INTENDED[path.stem]
+    assert by_type["DisCaApply"] == [{"schedule": preset, "mode": "predictor", "cache_device": "compute_device",
+                                      "predictor_device": "with_model", "predictor_dtype": "auto"}]
+    assert by_type["DisCaSigmas"] == [{"preset": preset}]
+    assert PRESETS[preset].steps == {"t2v_official_10of20": 20, "i2v_official_4of8": 8}[preset]
+    assert by_type["KSamplerSelect"] == [{"sampler_name": "euler"}]  # shared by both samplers in the A/B workflow
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_workflow_is_a_complete_save_of_the_newest_frontend(path):
+    """Saved by 1.49.6 (it loads cleanly in 1.35.9 too): every widget has its value and no value is left over."""
+    graph = json.loads(path.read_text())
+    assert graph["extra"]["frontendVersion"] == FIXTURES[NEW]["frontend_version"]
+    definitions = FIXTURES[NEW]["object_info"]
+    for entry in graph["nodes"]:
+        if entry["type"] in definitions:
+            saved = [widget for widget in restore_widgets(entry, definitions[entry["type"]], FRONTEND_1_49)
+                     if widget.saved]
+            assert len(saved) == len(entry.get("widgets_values") or []), (entry["type"], entry.get("widgets_values"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_workflow_has_a_template_thumbnail(path):
+    """ComfyUI's template browser shows `<name>.jpg` (mediaSubtype jpg) as a custom-node template's card."""
+    from PIL import Image
+
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.stat().st_size < 150 * 1024
+    with Image.open(thumbnail) as image:
+        assert image.format == "JPEG" and image.width == 640 and 0.5 < image.height / image.width <= 1.0
