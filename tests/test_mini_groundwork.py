@@ -186,4 +186,5 @@ def test_classifier_learns_attributes_and_round_trips(tmp_path):
     path = str(tmp_path / "classifier.safetensors")
     metrics.save_classifier(path, model)
     loaded = metrics.load_classifier(path)
-    assert torch.equal(metrics.classify(loaded, held_out[:8])[1], features[:8])
+    # the same batch through both: a batch of 8 and one of 128 may take different CPU kernels
+    assert torch.equal(metrics.classify(loaded, held_out[:8])[1], metrics.classify(model, held_out[:8])[1])
