@@ -112,7 +112,8 @@ for (let attempt = 0; attempt < 40; attempt++) {
 return Object.fromEntries(cards.map((card) => {
   const image = card.querySelector('img');
   return [card.dataset.testid.slice(prefix.length),
-          image && {loaded: image.complete && image.naturalWidth > 0, naturalWidth: image.naturalWidth}];
+          image && {loaded: image.complete && image.naturalWidth > 0,
+                    size: [image.naturalWidth, image.naturalHeight]}];
 }));
 """
 
@@ -212,8 +213,8 @@ class Frontend:
         return self.run(_MARKDOWN_FIT_JS, node_id)
 
     def template_cards(self, pack: str) -> dict[str, dict | None]:
-        """{workflow: {loaded, naturalWidth} of its card's image, None without one} in the template browser's
-        category of a custom node pack; the browser is closed again."""
+        """{workflow: {loaded, size} of its card's image (None without one)} in the template browser's category of a
+        custom node pack; the browser is closed again."""
         try:
             return self.run(_TEMPLATE_CARDS_JS, pack)
         finally:

@@ -152,8 +152,12 @@ def test_fresh_disca_sigmas_shows_steps_and_shift_only_for_custom(frontend, obje
 
 
 def test_template_browser_shows_each_workflows_thumbnail(frontend):
+    """Each card shows `<name>.jpg` (without it, 1.49.6 shows a 224-pixel-wide placeholder instead)."""
+    from PIL import Image
+
     cards = frontend.template_cards(PACK_LINK)
 
     assert sorted(cards) == SHIPPED
     for name, image in cards.items():
-        assert image is not None and image["loaded"] and image["naturalWidth"] == 640, (name, image)
+        with Image.open(WORKFLOWS_DIR / f"{name}.jpg") as thumbnail:
+            assert image is not None and image["loaded"] and image["size"] == list(thumbnail.size), (name, image)
