@@ -13,6 +13,7 @@ SCHEDULE_INTERVAL = "interval"
 SCHEDULE_STEP_LIST = "step_list"
 SIGMA_PRESETS = [name for name, preset in PRESETS.items() if preset.steps is not None]
 SIGMAS_CUSTOM = "custom"
+SCHEDULE_CHOICES = [*PRESETS, SCHEDULE_INTERVAL, SCHEDULE_STEP_LIST]
 PREDICTOR_ON_DEVICE = "with_model"
 PREDICTOR_CPU_OFFLOAD = "cpu_offload"
 
@@ -76,10 +77,14 @@ class DisCaApply(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, schedule: dict, mode: str, cache_device: str, predictor_device: str,
-                predictor_dtype: str, predictor=None) -> io.NodeOutput:
-        # A step list is checked here, not in validate_inputs: ComfyUI hands validate_inputs the inputs inside a
-        # DynamicCombo only through **kwargs, which would also switch off its own checks of every other input.
+    def execute(cls, model, mode: str, cache_device: str, predictor_device: str, predictor_dtype: str,
+                schedule: dict | None = None, predictor=None) -> io.NodeOutput:
+        # The schedule is checked here, not in validate_inputs: ComfyUI hands validate_inputs the inputs inside a
+        # DynamicCombo only through **kwargs, which would also switch off its own checks of every other input, and
+        # it drops a DynamicCombo whose value is none of its options (an old or hand-edited workflow).
+        if schedule is None:
+            raise ValueError(f"DisCa Apply: 'schedule' must be one of {SCHEDULE_CHOICES}; this workflow gives "
+                             "another value (saved with another version of the pack?). Pick one in the node.")
         config = DisCaConfig(build_schedule(schedule), mode=mode, cache_device=cache_device)
         if predictor is not None:
             host.check_base_fingerprint(model, predictor)
@@ -114,7 +119,10 @@ class DisCaSigmas(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, preset: dict) -> io.NodeOutput:
+    def execute(cls, preset: dict | None = None) -> io.NodeOutput:
+        if preset is None:  # ComfyUI drops a DynamicCombo whose value is none of its options
+            raise ValueError(f"DisCa Sigmas: 'preset' must be one of {[*SIGMA_PRESETS, SIGMAS_CUSTOM]}; this workflow "
+                             "gives another value (saved with another version of the pack?). Pick one in the node.")
         choice = preset["preset"]
         if choice == SIGMAS_CUSTOM:
             return io.NodeOutput(flow_sigmas(preset["steps"], preset["shift"]))

@@ -208,20 +208,19 @@ def test_bad_input_is_refused_at_validation(server, video_only_prompt, class_typ
     assert error["extra_info"]["input_name"] == details.split(":")[0]
 
 
-@pytest.mark.xfail(strict=True, reason="ComfyUI (0.8.0, 0.33.0) does not check a DynamicCombo's value against its "
-                                       "options: schedule 'bogus' passes validation and execute() then fails with "
-                                       "\"missing 1 required positional argument: 'schedule'\"; needs a check in "
-                                       "DisCaApply (nodes/, not this file's owner)")
-def test_unknown_schedule_is_refused_at_validation(server, video_only_prompt):
+def test_unknown_schedule_fails_at_execution_naming_the_choices(server, video_only_prompt):
+    """ComfyUI (0.8.0, 0.33.0) does not check a DynamicCombo's value against its options and drops the input, so
+    DisCa Apply says what is wrong when it runs."""
     prompt = copy.deepcopy(video_only_prompt)
     node_id = node_id_of(prompt, "DisCaApply")
     prompt[node_id]["inputs"]["schedule"] = "bogus"
 
-    status, answer = server.request("/prompt", {"prompt": prompt})
+    entry = server.wait(server.queue(prompt))
 
-    assert status == 400, answer
-    (error,) = answer["node_errors"][node_id]["errors"]
-    assert "schedule" in error["details"] and "bogus" in error["details"]
+    assert entry["status"]["status_str"] == "error"
+    errors = [details for kind, details in entry["status"]["messages"] if kind == "execution_error"]
+    assert [(error["node_id"], error["node_type"]) for error in errors] == [(node_id, "DisCaApply")]
+    assert errors[0]["exception_message"].startswith("DisCa Apply: 'schedule' must be one of ['t2v_official_10of20'")
 
 
 def test_bad_step_list_passes_validation_and_fails_at_execution_naming_step_list(server, video_only_prompt):
