@@ -104,8 +104,8 @@ def test_shipped_workflow_loads_and_converts_in_the_real_frontend(frontend, obje
         else:
             restored = restore_widgets(node, object_info[node["type"]], rules)
             assert live == [(widget.name, widget.value) for widget in restored], f"node {node['id']} ({node['type']})"
-    disca = {node["type"]: dict(live) for node in workflow["nodes"] if node["type"].startswith("DisCa")
-             for live in [[widget[:2] for widget in loaded["nodes"][str(node["id"])]["widgets"]]]}
+    disca = {node["type"]: {widget_name: value for widget_name, value, _ in node["widgets"]}
+             for node in loaded["nodes"].values() if node["type"] in ("DisCaApply", "DisCaSigmas")}
     assert disca["DisCaApply"]["schedule"] == disca["DisCaSigmas"]["preset"] == INTENDED[name]
 
     assert frontend.graph_to_prompt()["output"] == ui_to_api(workflow, object_info, rules)

@@ -166,15 +166,16 @@ def test_seed_control_widget_takes_the_next_value_whatever_it_is():
     assert ui_to_api(graph, DEFS)["1"]["inputs"] == {"seed": 5, "steps": 30}
 
 
-@pytest.mark.parametrize("frontend, expected", [(FRONTEND_1_35, {"value": 7, "model": ["2", 0]}),
-                                                (FRONTEND_1_49, {"value": 7, "model": ["2", 0]})])
-def test_legacy_force_input_value_is_dropped_before_restoring(frontend, expected):
-    """A save from before forceInput inputs lost their widgets_values slot: one value per widget or forceInput input."""
-    graph = workflow([
-        node(2, "Loader", ["a.safetensors"], outputs=[("MODEL", "MODEL", [1]), ("report", "STRING", [])]),
-        node(3, "Sink", [7, "stale text"], inputs=[("model", "MODEL", 1), ("text", "STRING", None)]),
-    ], [[1, 2, 0, 3, 0, "MODEL"]])
-    assert ui_to_api(graph, DEFS, frontend)["3"]["inputs"] == expected
+@pytest.mark.parametrize("frontend", [FRONTEND_1_35, FRONTEND_1_49])
+def test_legacy_force_input_value_is_dropped_before_restoring(frontend):
+    """A save from before forceInput inputs lost their widgets_values slot: one value per widget or forceInput input,
+    so the forceInput's stale value would otherwise land in the widget after it."""
+    defs = {"TextFirst": {"input": {"required": {"text": ["STRING", {"forceInput": True}], "value": ["INT", {}]}},
+                          "output": []}}
+    legacy = workflow([node(1, "TextFirst", ["stale text", 7], inputs=[("text", "STRING", None)])], [])
+    current = workflow([node(1, "TextFirst", [7], inputs=[("text", "STRING", None)])], [])
+    assert ui_to_api(legacy, defs, frontend)["1"]["inputs"] == ui_to_api(current, defs, frontend)["1"]["inputs"] == {
+        "value": 7}
 
 
 def test_frontend_version_is_parsed_or_refused():

@@ -70,7 +70,7 @@ class Widget:
     value: Any
     saved: bool = True  # LiteGraph `widget.serialize !== false`: has a slot in widgets_values
     sent: bool = True  # `widget.options.serialize !== false`: graphToPrompt sends it to the server
-    options: dict[str, dict] | None = field(default=None, repr=False)  # DynamicCombo: option key -> its inputs
+    option_inputs: dict[str, dict] | None = field(default=None, repr=False)  # DynamicCombo: option key -> inputs
 
 
 # frontend version (oldest first) -> widgets a core frontend extension appends to a node type, as
@@ -111,7 +111,7 @@ def _input_widgets(node_type: str, name: str, spec: list) -> list[Widget]:
         return []
     if kind == DYNAMIC_COMBO:
         choices = {option["key"]: option["inputs"] for option in options["options"]}
-        combo = Widget(name, options.get("default", next(iter(choices), None)), options=choices)
+        combo = Widget(name, options.get("default", next(iter(choices), None)), option_inputs=choices)
         return [combo, *_option_widgets(node_type, combo)]
     if kind == AUTOGROW:
         raise WorkflowError(f"{node_type}.{name}: Autogrow inputs are not modelled by this converter")
@@ -139,7 +139,7 @@ def _input_widgets(node_type: str, name: str, spec: list) -> list[Widget]:
 
 def _option_widgets(node_type: str, combo: Widget) -> list[Widget]:
     """The widgets of a DynamicCombo's chosen option, named `<combo>.<input>`; none for an unknown option."""
-    inputs = combo.options.get(combo.value) or {}
+    inputs = combo.option_inputs.get(combo.value) or {}
     widgets = []
     for section in ("required", "optional"):
         for name, spec in (inputs.get(section) or {}).items():
@@ -174,8 +174,9 @@ def _drop_legacy_force_input_values(node_def: dict, widgets: list[Widget], value
                  ([bool(options.get("forceInput")), False] if options.get("control_after_generate")
                   else [bool(options.get("forceInput"))])]
         return [value for value, forced in zip(values, slots) if not forced] if len(slots) == len(values) else values
-    two_slots = sum(2 if options.get("control_after_generate") or name in SEED_NAMES else 1 for name, options in inputs)
-    if two_slots != len(values):
+    slot_count = sum(2 if options.get("control_after_generate") or name in SEED_NAMES else 1
+                     for name, options in inputs)
+    if slot_count != len(values):
         return values
     # 1.35.9 pairs the values with the inputs one to one (a seed's control value pairs with the next input)
     return [value for index, value in enumerate(values)
@@ -202,7 +203,7 @@ def restore_widgets(node: dict, node_def: dict, frontend: tuple[int, ...]) -> li
                 break
             widget.value = values[position]
             position += 1
-            if widget.options is not None:
+            if widget.option_inputs is not None:
                 _select_option(node["type"], widgets, index)
         index += 1
     return widgets
