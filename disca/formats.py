@@ -129,18 +129,24 @@ def strip_wrapper_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 _SPLIT_GROUPS = (
-    # (pattern of a split key, fused name, part suffixes in concatenation order)
-    (re.compile(r"^(.*\.)(img_attn|txt_attn)_([qkv])\.(weight|bias)$"), "{0}_qkv", ("q", "k", "v")),
-    (re.compile(r"^(.*\.)linear1_(q|k|v|mlp)\.(weight|bias)$"), "linear1", ("q", "k", "v", "mlp")),
+    # (pattern of a split key, fused name, part suffixes in concatenation order); the last group is the tensor's
+    # name in its layer: weight, bias, or what a quantized file adds per layer (scale_weight, comfy_quant, ...)
+    (re.compile(r"^(.*\.)(img_attn|txt_attn)_([qkv])\.(\w+)$"), "{0}_qkv", ("q", "k", "v")),
+    (re.compile(r"^(.*\.)linear1_(q|k|v|mlp)\.(\w+)$"), "linear1", ("q", "k", "v", "mlp")),
 )
+_ROW_TENSORS = ("weight", "bias")  # one row per output feature: fusing stacks them
 
 
-def normalize_tencent_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def normalize_tencent_layout(state_dict: dict[str, torch.Tensor], source: str = "model") -> dict[str, torch.Tensor]:
     """Fuse the split variants of the Tencent layout into the merged one.
 
     `*_attn_q/k/v` -> `*_attn_qkv` (HunyuanVideo-1.5 blocks store them split; ComfyUI wants them fused),
     `linear1_q/k/v/mlp` -> `linear1` and `linear2.fc` -> `linear2` (tensor-parallel exports).
     Rows are stacked in q, k, v(, mlp) order, as the official loader does. Incomplete groups are errors.
+
+    A quantized file's per-layer tensors (the scale of ComfyUI's scaled-fp8 files, `.scale_weight`) apply to a
+    whole layer: the fused layer can keep one only when every part has the same. Parts with their own scales are
+    refused: stacking their rows under any one scale would change the weights, silently.
     """
     out: dict[str, torch.Tensor] = {}
     groups: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
@@ -162,7 +168,20 @@ def normalize_tencent_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, t
         missing = [p for p in order if p not in parts]
         if missing:
             raise DisCaFormatError(f"split weights for {prefix}{fused}.{tensor} lack parts {missing}")
-        out[f"{prefix}{fused}.{tensor}"] = torch.cat([parts[p] for p in order], dim=0)
+        if tensor in _ROW_TENSORS:
+            out[f"{prefix}{fused}.{tensor}"] = torch.cat([parts[p] for p in order], dim=0)
+            continue
+        first = parts[order[0]]
+        if not all(parts[p].shape == first.shape and torch.equal(parts[p], first) for p in order[1:]):
+            stem = f"{prefix}linear1_" if fused == "linear1" else f"{prefix}{fused.removesuffix('qkv')}"
+            split_names = ", ".join(stem + p for p in order)
+            raise DisCaFormatError(
+                f"{source}: {split_names} are stored split, each with its own scale (.{tensor}); fusing them into one "
+                f"{prefix}{fused} layer under one scale would change the weights. Load a fused-layout file instead "
+                "(e.g. the Comfy-Org repackage, whose q/k/v are quantized together) or an unscaled (bf16/fp16) file, "
+                "with weight_dtype fp8_e4m3fn to keep the weights in fp8."
+            )
+        out[f"{prefix}{fused}.{tensor}"] = first  # one value for the whole layer: fusing is exact
     return out
 
 

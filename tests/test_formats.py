@@ -53,6 +53,24 @@ def test_incomplete_split_group_is_an_error():
         normalize_tencent_layout(state)
 
 
+def test_split_qkv_with_their_own_fp8_scales_is_refused():
+    """Per-layer scales (ComfyUI's scaled-fp8 `.scale_weight`) of split q/k/v cannot become one fused layer's scale."""
+    state = tencent_dit_state_dict(ARCH_HV15, double_blocks=1, single_blocks=0, guidance=False)
+    for i, part in enumerate("qkv"):
+        state[f"double_blocks.0.img_attn_{part}.scale_weight"] = torch.tensor(0.001 * (i + 1))
+    with pytest.raises(DisCaFormatError, match=r"dit.safetensors: double_blocks.0.img_attn_q, double_blocks.0.img_attn_k, "
+                                               r"double_blocks.0.img_attn_v are stored split, each with its own scale"):
+        normalize_tencent_layout(state, "dit.safetensors")
+    # the same scale for every part: the fused layer keeps it, and the rows stack as for unscaled weights
+    for part in "qkv":
+        state[f"double_blocks.0.img_attn_{part}.scale_weight"] = torch.tensor(0.002)
+    fused = normalize_tencent_layout(state, "dit.safetensors")
+    assert torch.equal(fused["double_blocks.0.img_attn_qkv.scale_weight"], torch.tensor(0.002))
+    assert not any("img_attn_q." in k for k in fused)
+    assert torch.equal(fused["double_blocks.0.img_attn_qkv.weight"],
+                       torch.cat([state[f"double_blocks.0.img_attn_{p}.weight"] for p in "qkv"]))
+
+
 @pytest.mark.parametrize("arch", [ARCH_HV10, ARCH_HV15])
 def test_comfy_key_map_round_trip_is_exact(arch):
     _, state = read_predictor_state_dict(official_predictor_state_dict(arch), "p")

@@ -93,7 +93,17 @@ def load_distilled_model(path: str, weight_dtype: str = "default", allow_non_dis
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weight_dtype!r}")
     tensors, metadata = load_safetensors(path)
-    state_dict = normalize_tencent_layout(strip_wrapper_prefix(tensors))
+    stripped = strip_wrapper_prefix(tensors)
+    state_dict = normalize_tencent_layout(stripped, path)  # refuses split q/k/v that carry their own fp8 scales
+    if "_quantization_metadata" in metadata and state_dict.keys() != stripped.keys():
+        # ComfyUI's newer quantized files name their quantized layers in this metadata: the split names, which
+        # fusing removed, so ComfyUI would load the fused layers' fp8 weights without their quantization
+        raise DisCaFormatError(
+            f"{path}: a quantized file (_quantization_metadata) with q/k/v or linear1 stored split; its quantization "
+            "names the split layers, which DisCa fuses for ComfyUI. Load a fused-layout file instead (e.g. the "
+            "Comfy-Org repackage) or an unscaled (bf16/fp16) file, with weight_dtype fp8_e4m3fn to keep the weights "
+            "in fp8."
+        )
     spec = infer_dit_spec(state_dict, path)
     problems = []
     if not spec.meanflow:
