@@ -201,6 +201,18 @@ class Frontend:
         """`app.loadGraphData(workflow)`; returns {nodes: {id: {type, widgets, hasErrors, registered}}, pageText}."""
         return self.run(_LOAD_JS, workflow, settle_ms)
 
+    def page_text(self) -> str:
+        return self.run("return document.body.innerText;")
+
+    def wait_for_text(self, fragment: str, timeout_s: float = 10.0) -> bool:
+        """Whether the page shows `fragment` (case-insensitive) within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if fragment.lower() in self.page_text().lower():
+                return True
+            time.sleep(0.25)
+        return False
+
     def graph_to_prompt(self) -> dict:
         """The frontend's own `app.graphToPrompt()`: {workflow (what Export saves), output (the API prompt)}."""
         return self.run(_GRAPH_TO_PROMPT_JS)
