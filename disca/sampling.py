@@ -21,6 +21,8 @@ import torch
 CACHED_MODES = (
     "predictor",     # DisCa: the learned predictor maps (current tokens, anchor cache) to the last hidden state
     "reuse_output",  # training-free: the anchor step's output, unchanged (FORA-style reuse)
+    "reuse_cache",   # training-free: the anchor's last hidden state through the current step's final layer (what an
+                     # untrained DisCa predictor starts from, training/predictor.py)
     "taylor",        # training-free: first-order extrapolation in sigma from the last two anchors (TaylorSeer-style)
 )
 
@@ -67,9 +69,12 @@ def distilled(host, cond: dict, guidance: float | None = None) -> Callable:
 @torch.no_grad()
 def sample_cached(host, noise: torch.Tensor, sigmas: torch.Tensor, cond: dict, anchors: Iterable[int], *,
                   mode: str = "predictor", predictor: torch.nn.Module | None = None,
-                  guidance: float | None = None) -> torch.Tensor:
+                  guidance: float | None = None, on_step: Callable | None = None) -> torch.Tensor:
     """DisCa's alternation on a distilled host: anchor steps run the full DiT (and refresh the cache), the others
-    get their output from `mode` (CACHED_MODES). Step 0 must be an anchor: nothing is cached before it."""
+    get their output from `mode` (CACHED_MODES). Step 0 must be an anchor: nothing is cached before it.
+
+    `on_step(i, x, sigma, sigma_next, velocity, cache)`, if given, sees every step's input, times, the output the step
+    uses and the cache it was computed from, before the Euler update (the trainer builds on-policy pairs from these)."""
     anchors = frozenset(anchors)
     if 0 not in anchors:
         raise ValueError(f"anchors {sorted(anchors)} must include step 0: a cached step needs an anchor before it")
@@ -90,11 +95,15 @@ def sample_cached(host, noise: torch.Tensor, sigmas: torch.Tensor, cond: dict, a
             history = (history + [(sigma, velocity)])[-2:]
         elif mode == "predictor":
             velocity = host.predict(predictor, x, sigma, cond, cache, r, g)
+        elif mode == "reuse_cache":
+            velocity = host.reuse_cache(x, sigma, cond, cache, r, g)
         elif mode == "reuse_output" or len(history) < 2:
             velocity = history[-1][1]
         else:
             (sigma_b, u_b), (sigma_a, u_a) = history
             slope = (u_a - u_b) / (sigma_a - sigma_b).reshape(-1, *([1] * (x.ndim - 1)))
             velocity = u_a + (sigma - sigma_a).reshape(-1, *([1] * (x.ndim - 1))) * slope
+        if on_step is not None:
+            on_step(i, x, sigma, sigma_next, velocity, cache)
         x = euler_step(x, velocity, sigma, sigma_next)
     return x

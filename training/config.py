@@ -64,7 +64,8 @@ class CommonConfig:
         _require(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        _require(0 <= self.warmup_steps <= self.max_steps, "warmup_steps", f"must be in 0..max_steps, got {self.warmup_steps}")
+        # a warm-up longer than the run is allowed (the rate then never reaches its peak): short runs keep the defaults
+        _require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 disables), got {self.grad_clip}")
         _require(self.base_dtype in DTYPES, "base_dtype", f"must be one of {DTYPES}, got {self.base_dtype!r}")
@@ -92,6 +93,15 @@ class PredictorConfig(CommonConfig):
     depth: int = 2  # predictor blocks (official: 2)
     init_predictor: str = ""  # optional predictor file (official or ours) to start from instead of the DiT's last blocks
     mse_steps: int = 500  # phase 1 length (paper: 500); the GAN phase runs for max_steps - mse_steps
+    # Adam's first steps move every weight by ~lr whatever its gradient (m / sqrt(v) = +-1 until v averages over
+    # ~1 / (1 - beta2) = 100 steps): on full-size HunyuanVideo one such step at 1e-4 took the held-out MSE from
+    # cache reuse's 0.005 to 12 (issue 14). Linear warm-up over 2 / (1 - beta2) steps (Ma & Yarats 2021).
+    warmup_steps: int = 200
+    eval_every: int = 100  # held-out evaluation period in steps; the best evaluation's weights (the start counts) are exported
+    on_policy_fraction: float = 0.0  # share of each batch drawn from DisCa roll-outs of the current predictor (0 = teacher forcing only)
+    on_policy_refresh: int = 100  # roll the current predictor out again every N steps (checkpoint_every must be a multiple)
+    on_policy_rollouts: int = 8  # training trajectories rolled out per refresh, on each schedule (each costs ~one trajectory of DiT calls)
+    rollout_eval_prompts: int = 4  # held-out trajectories rolled out at the start and end (exposure gap, final-sample error); 0 = skip
     disc_learning_rate: float = 1e-2  # discriminator-head AdamW learning rate (paper: 1e-2; lower it if D wins)
     adv_weight: float = 1.0  # weight of the adversarial term in the predictor loss (paper: 1.0)
     disc_taps: tuple[int, ...] = ()  # DiT block indices whose image tokens feed a head; empty = 3 spread over the depth
@@ -120,6 +130,15 @@ class PredictorConfig(CommonConfig):
         _require(self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
         _require(not self.init_predictor or os.path.isfile(self.init_predictor), "init_predictor",
                  f"{self.init_predictor} is not a file")
+        _require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+        _require(0 <= self.on_policy_fraction <= 1, "on_policy_fraction", f"must be in [0, 1], got {self.on_policy_fraction}")
+        _require(self.on_policy_refresh >= 1 and self.on_policy_rollouts >= 1, "on_policy_refresh",
+                 f"on_policy_refresh and on_policy_rollouts must be >= 1, got {self.on_policy_refresh}, {self.on_policy_rollouts}")
+        # a resumed run rebuilds its roll-outs from the checkpoint's weights: exact only at a refresh step
+        _require(not self.on_policy_fraction or self.checkpoint_every % self.on_policy_refresh == 0, "checkpoint_every",
+                 f"with on_policy_fraction > 0 it must be a multiple of on_policy_refresh ({self.on_policy_refresh}), so a "
+                 f"resumed run rolls out from the same weights as the uninterrupted one; got {self.checkpoint_every}")
+        _require(self.rollout_eval_prompts >= 0, "rollout_eval_prompts", f"must be >= 0, got {self.rollout_eval_prompts}")
         _require(0 <= self.mse_steps <= self.max_steps, "mse_steps", f"must be in 0..max_steps ({self.max_steps}), got {self.mse_steps}")
         _require(self.disc_learning_rate > 0, "disc_learning_rate", f"must be > 0, got {self.disc_learning_rate}")
         _require(self.adv_weight >= 0, "adv_weight", f"must be >= 0, got {self.adv_weight}")

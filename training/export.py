@@ -29,12 +29,16 @@ def _contiguous(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> di
 
 def export_predictor(path: str, predictor: DiffusersPredictor, host: HunyuanVideoHost, *, step_lists=None,
                      interval_range=None, resolution: str | None = None, training: dict | None = None,
-                     dtype: torch.dtype | None = torch.bfloat16) -> str:
-    """Write the predictor in the official layout + metadata, then read it back through the pack's loader."""
+                     held_out: dict | None = None, dtype: torch.dtype | None = torch.bfloat16) -> str:
+    """Write the predictor in the official layout + metadata, then read it back through the pack's loader.
+
+    `held_out`: the stage's held-out errors (both baselines, the predictor's initial, best and final), stored as
+    JSON under `disca.held_out` so a file says how it compares with cache reuse without its run folder."""
     metadata = build_metadata(
         "predictor", predictor.spec.arch,
         base_fingerprint=base_fingerprint(host.tencent_state_dict()),
         step_lists=step_lists, interval_range=interval_range, resolution=resolution, training=training,
+        held_out=held_out,
     )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_safetensors(path, _contiguous(predictor.official_state_dict(), dtype), metadata)

@@ -161,8 +161,11 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return checkpoint_dir(output_dir, max(steps)) if steps else None
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, keep: int) -> str:
-    """Save into a temp folder and rename, so a kill during saving never leaves a half-written step_N behind."""
+def save_checkpoint(accelerator, output_dir: str, step: int, keep: int, extra=None) -> str:
+    """Save into a temp folder and rename, so a kill during saving never leaves a half-written step_N behind.
+
+    `extra(folder)`: writes a stage's own files (e.g. the predictor's best held-out weights) into the checkpoint
+    before the rename, on the main process, so they are in every checkpoint a resume can find."""
     final = checkpoint_dir(output_dir, step)
     tmp = os.path.join(output_dir, CHECKPOINTS, f"tmp_step_{step}")
     if accelerator.is_main_process:
@@ -173,6 +176,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, keep: int) -> str:
     if accelerator.is_main_process:
         with open(os.path.join(tmp, TRAIN_STATE), "w") as f:
             json.dump({"step": step}, f)
+        if extra is not None:
+            extra(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         root = os.path.join(output_dir, CHECKPOINTS)
@@ -206,12 +211,12 @@ def gather_losses(accelerator, losses: dict[str, torch.Tensor]) -> dict[str, flo
     return {n: gathered[:, i].mean().item() for i, n in enumerate(names)}
 
 
-def stop_if_diverged(accelerator, config, state: TrainState, values: dict[str, float]) -> None:
+def stop_if_diverged(accelerator, config, state: TrainState, values: dict[str, float], extra=None) -> None:
     """A NaN/inf loss on any rank: save a checkpoint (weights are still finite: no update was applied) and stop."""
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if not bad:
         return
-    path = save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints + 1)
+    path = save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints + 1, extra)
     raise TrainingDiverged(
         f"loss became non-finite at step {state.step} ({bad}); no update was applied and no output file was "
         f"written. Checkpoint saved to {path}. Lower learning_rate (now {config.learning_rate}), keep grad_clip > 0, "
@@ -310,7 +315,7 @@ def run_single_model_stage(accelerator, config, state: TrainState, model, optimi
 
 
 def finish_step(accelerator, config, state: TrainState, values: dict[str, float], history: list[dict], bar,
-                started: float) -> None:
+                started: float, extra=None) -> None:
     """After the optimizer steps: count the step, log it, and checkpoint on schedule (every stage's loop tail).
 
     `step_seconds` is the wall time since `started` (the step's top); the step's loss gather already waited for the
@@ -323,7 +328,7 @@ def finish_step(accelerator, config, state: TrainState, values: dict[str, float]
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
     bar.update(1)
     if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
-        save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints)
+        save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints, extra)
 
 
 def prepare_single_model_stage(accelerator, config, student, resuming: bool, project: str):

@@ -10,20 +10,28 @@ For every schedule the run serves (step lists or intervals), each non-anchor ste
 is (x_j, sigma_j, sigma_{j+1}, prompt, C_{a(j)}) -> target u_j (teacher forcing on the DiT's trajectory).
 Phase 1 (mse_steps): L = |u_pred - u_j|^2. Phase 2: L_P = MSE + adv_weight * (-D(fake)), L_D = hinge, with D =
 frozen-DiT features + spectral-norm heads (training/discriminator.py); both players update every GAN step.
+
+On-policy pairs (`on_policy_fraction`): at inference the cache and x_j come from a trajectory that already contains
+predicted steps, so a share of each batch comes from DisCa roll-outs of the current predictor on the served schedules
+(refreshed every `on_policy_refresh` steps): x_j and C_a are the roll-out's, the target is the frozen DiT at that x_j.
+Every `eval_every` steps the predictor is measured on held-out pairs; the best weights (the start counts) are exported.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 import torch
 
-from disca.formats import ARCH_HV15, base_fingerprint, check_predictor_fits, infer_dit_spec, load_predictor_file
+from disca.formats import (ARCH_HV15, base_fingerprint, check_predictor_fits, infer_dit_spec, load_predictor_file,
+                           load_safetensors, save_safetensors)
 from disca.hosts.diffusers import DiffusersPredictor, HunyuanVideoHost, load_host, predictor_from_dit
 from disca.schedules import flow_sigmas
-from disca.sampling import euler_step
+from disca.sampling import distilled, euler_step, sample_cached
 from training import loop
 from training.config import PredictorConfig
 from training.data import DataError, load_embeddings, load_references, with_image_condition
@@ -73,15 +81,15 @@ def sample_trajectories(host: HunyuanVideoHost, cond_rows: dict[str, torch.Tenso
     return [Trajectory(prompt, inputs[b], outputs[b], tuple(c[b] for c in caches)) for b, prompt in enumerate(prompts)]
 
 
+def schedule_pairs(schedule, steps: int) -> list[tuple[int, int]]:
+    """(anchor a, predicted step j) for every non-anchor step j of one schedule, a = the last anchor before j."""
+    anchors = sorted(schedule.anchor_steps(steps))
+    return [(max(a for a in anchors if a < step), step) for step in range(steps) if step not in anchors]
+
+
 def anchor_pairs(config: PredictorConfig) -> list[tuple[int, int]]:
     """(anchor a, predicted step j) for every non-anchor step of every schedule, deduplicated."""
-    pairs = set()
-    for schedule in config.anchor_schedules():
-        anchors = sorted(schedule.anchor_steps(config.steps))
-        for step in range(config.steps):
-            if step not in anchors:
-                pairs.add((max(a for a in anchors if a < step), step))
-    return sorted(pairs)
+    return sorted({pair for schedule in config.anchor_schedules() for pair in schedule_pairs(schedule, config.steps)})
 
 
 def build_pool(host, cond, prompts: list[int], config: PredictorConfig, seed_offset: int, device) -> list[Trajectory]:
@@ -143,10 +151,13 @@ def _predicted(host, predictor, batch, guidance):
 
 
 @torch.no_grad()
-def evaluate(host, predictor, pool: list[Trajectory], pairs, cond, sigmas, guidance: float, device, dtype) -> dict:
+def evaluate(host, predictor, pool: list[Trajectory], pairs, cond, sigmas, guidance: float, device, dtype,
+             baselines: bool = True) -> dict:
     """Per-pair mean squared error of the predicted output vs the DiT's, against two training-free baselines:
-    cache reuse (the anchor's last hidden state through the current final layer) and output reuse (u_a)."""
-    totals = {"predictor_mse": 0.0, "cache_reuse_mse": 0.0, "output_reuse_mse": 0.0, "target_power": 0.0}
+    cache reuse (the anchor's last hidden state through the current final layer) and output reuse (u_a).
+    They do not depend on the predictor: `baselines=False` skips them (the periodic evaluations)."""
+    totals = {"predictor_mse": 0.0} | ({"cache_reuse_mse": 0.0, "output_reuse_mse": 0.0, "target_power": 0.0}
+                                      if baselines else {})
     count = 0
     for trajectory in pool:
         for anchor, step in pairs:
@@ -157,14 +168,173 @@ def evaluate(host, predictor, pool: list[Trajectory], pairs, cond, sigmas, guida
                          "cond": select_rows(cond, [trajectory.prompt])}, device, dtype)
             g = guidance_for(host, guidance, 1, device)
             target = batch["target"].float()
+            totals["predictor_mse"] += (_predicted(host, predictor, batch, g).float() - target).pow(2).mean().item()
+            count += 1
+            if not baselines:
+                continue
             reuse = host.reuse_cache(batch["latents"], batch["sigma"], batch["cond"], batch["cache"],
                                      batch["sigma_next"] if host.is_meanflow else None, g)
-            totals["predictor_mse"] += (_predicted(host, predictor, batch, g).float() - target).pow(2).mean().item()
             totals["cache_reuse_mse"] += (reuse.float() - target).pow(2).mean().item()
             totals["output_reuse_mse"] += (batch["anchor_velocity"].float() - target).pow(2).mean().item()
             totals["target_power"] += target.pow(2).mean().item()
-            count += 1
     return {k: v / count for k, v in totals.items()} | {"pairs_evaluated": count}
+
+
+# ---------------------------------------------------------------------------------------------------- roll-outs
+
+# the one-step error of each caching mode of `disca.sampling.sample_cached`, as `evaluate` names it
+TEACHER_FORCED_KEY = {"predictor": "predictor_mse", "reuse_cache": "cache_reuse_mse", "reuse_output": "output_reuse_mse"}
+
+
+@dataclass
+class Rollout(Trajectory):
+    """A DisCa roll-out on one schedule from a trajectory's noise. `latents` are the states it visits and `velocities`
+    the frozen DiT's output at each (on predicted steps computed beside the roll-out: the on-policy targets);
+    `caches` hold each anchor's cache (a predicted step repeats the one it used); `used` is the output each step took."""
+
+    used: torch.Tensor  # [S, C_out, F, H, W]
+    final: torch.Tensor  # [C, F, H, W]: the roll-out's sample
+
+
+@torch.no_grad()
+def roll_out(host, mode: str, predictor, starts: list[Trajectory], anchors, cond, sigmas, guidance: float, device,
+             store) -> list[Rollout]:
+    """DisCa roll-outs (`disca.sampling.sample_cached` in `mode`) from the noises x_0 of `starts`, as one batch."""
+    anchors = frozenset(anchors)
+    noise = torch.stack([t.latents[0] for t in starts]).to(device)
+    rows = {k: v.to(device) for k, v in select_rows(cond, [t.prompt for t in starts]).items()}
+    dit = distilled(host, rows, guidance)
+    seen = []
+
+    def record(step, x, sigma, sigma_next, used, cache):
+        seen.append((x, used if step in anchors else dit(x, sigma, sigma_next), used, *cache))
+
+    final = sample_cached(host, noise, sigmas, rows, anchors, mode=mode, predictor=predictor, guidance=guidance,
+                          on_step=record)
+    latents, velocities, used, *caches = (torch.stack(parts, 1).to(store) for parts in zip(*seen))
+    return [Rollout(t.prompt, latents[b], velocities[b], tuple(c[b] for c in caches), used[b], final[b].to(store))
+            for b, t in enumerate(starts)]
+
+
+def full_final(trajectory: Trajectory, sigmas: torch.Tensor) -> torch.Tensor:
+    """The all-full trajectory's sample: its last step's Euler update (fp32)."""
+    return euler_step(trajectory.latents[-1:].float(), trajectory.velocities[-1:].float(), sigmas[-2:-1].float(),
+                      sigmas[-1:].float())[0]
+
+
+@torch.no_grad()
+def rollout_report(host, predictor, pool: list[Trajectory], config: PredictorConfig, cond, sigmas, device, dtype,
+                   modes=("predictor",)) -> dict:
+    """Per schedule and caching mode, on `pool` (held-out trajectories): the one-step error on teacher-forced states
+    (the DiT's own trajectory and caches), on the states the mode's own roll-out from the same noise visits (on-policy),
+    their ratio (the exposure gap), and the roll-out's final-sample error against the all-full trajectory."""
+    report = {}
+    for schedule in config.anchor_schedules():
+        pairs = schedule_pairs(schedule, config.steps)
+        teacher_forced = evaluate(host, predictor, pool, pairs, cond, sigmas, config.guidance, device, dtype,
+                                  baselines=modes != ("predictor",))
+        rows = {}
+        for mode in modes:
+            on_policy, final = 0.0, 0.0
+            for begin in range(0, len(pool), config.trajectory_batch):  # one batch of roll-outs in memory at a time
+                chunk = pool[begin:begin + config.trajectory_batch]
+                for start, rollout in zip(chunk, roll_out(host, mode, predictor, chunk, schedule.anchor_steps(config.steps),
+                                                          cond, sigmas, config.guidance, device, "cpu")):
+                    on_policy += sum((rollout.used[j].float() - rollout.velocities[j].float()).pow(2).mean().item()
+                                     for _, j in pairs) / len(pairs)
+                    final += (rollout.final.float() - full_final(start, sigmas)).pow(2).mean().item()
+            tf = teacher_forced[TEACHER_FORCED_KEY[mode]]
+            rows[mode] = {"teacher_forced_mse": tf, "on_policy_mse": on_policy / len(pool),
+                          "exposure_gap": on_policy / len(pool) / tf, "final_sample_mse": final / len(pool)}
+        report[schedule.name] = rows
+    return report
+
+
+def on_policy_pool(host, predictor, pool: list[Trajectory], config: PredictorConfig, cond, sigmas,
+                   generator: torch.Generator, device) -> list[tuple[list[Rollout], list[tuple[int, int]]]]:
+    """Roll-outs of the current predictor from `on_policy_rollouts` training noises on every served schedule, each
+    with that schedule's (anchor, step) pairs: what `draw_batch` draws on-policy rows from."""
+    picks = torch.randperm(len(pool), generator=generator)[:config.on_policy_rollouts].tolist()
+    store = device if config.pool_on_device else "cpu"
+    out = []
+    for schedule in config.anchor_schedules():
+        rollouts = []
+        for begin in range(0, len(picks), config.trajectory_batch):
+            starts = [pool[i] for i in picks[begin:begin + config.trajectory_batch]]
+            rollouts += roll_out(host, "predictor", predictor, starts, schedule.anchor_steps(config.steps), cond, sigmas,
+                                 config.guidance, device, store)
+        out.append((rollouts, schedule_pairs(schedule, config.steps)))
+    return out
+
+
+def draw_training_batch(pool, pairs, on_policy, fraction: float, cond, sigmas, generator: torch.Generator, size: int,
+                        device, dtype) -> dict:
+    """`size` rows, each on-policy with probability `fraction` (a schedule's roll-outs chosen uniformly), else
+    teacher-forced from the pool. Without roll-outs the draws are exactly those of teacher forcing alone."""
+    if not on_policy:
+        return draw_batch(pool, pairs, cond, sigmas, generator, size, device, dtype)
+    on_rows = int((torch.rand(size, generator=generator) < fraction).sum())
+    schedules = torch.randint(len(on_policy), (on_rows,), generator=generator).tolist()
+    parts = [draw_batch(pool, pairs, cond, sigmas, generator, size - on_rows, device, dtype)] if on_rows < size else []
+    for index, (rollouts, schedule_pairs_) in enumerate(on_policy):
+        if schedules.count(index):
+            parts.append(draw_batch(rollouts, schedule_pairs_, cond, sigmas, generator, schedules.count(index), device, dtype))
+    return _concat(parts)
+
+
+def _concat(parts: list):
+    if isinstance(parts[0], dict):
+        return {k: _concat([p[k] for p in parts]) for k in parts[0]}
+    if isinstance(parts[0], tuple):
+        return tuple(_concat([p[i] for p in parts]) for i in range(len(parts[0])))
+    return torch.cat(parts)
+
+
+class HeldOutSelection:
+    """The held-out evaluations of a run and the weights of the best one (lowest held-out predictor MSE, the start
+    included, the earliest on a tie): the stage exports those, so it never ends worse on held-out pairs than it began.
+    Saved into every checkpoint, so a resumed run selects among the same evaluations as an uninterrupted one."""
+
+    WEIGHTS, HISTORY = "best_predictor.safetensors", "held_out.json"
+
+    def __init__(self):
+        self.baselines: dict = {}  # cache / output reuse on the held-out pairs: weight-independent, measured once
+        self.history: list[dict] = []  # {"step", "predictor_mse"} per evaluation
+        self.rollout_initial: dict | None = None  # rollout_report of the start (fresh runs)
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def best(self) -> dict:
+        return min(self.history, key=lambda h: h["predictor_mse"])
+
+    def record(self, step: int, evaluation: dict, module: torch.nn.Module) -> None:
+        if "cache_reuse_mse" in evaluation:
+            self.baselines = {k: v for k, v in evaluation.items() if k != "predictor_mse"}
+        self.history.append({"step": step, "predictor_mse": evaluation["predictor_mse"]})
+        if self.best is self.history[-1]:
+            self.best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    def save(self, folder: str) -> None:
+        save_safetensors(os.path.join(folder, self.WEIGHTS), self.best_state, {"step": str(self.best["step"])})
+        with open(os.path.join(folder, self.HISTORY), "w") as f:
+            json.dump({"baselines": self.baselines, "history": self.history, "rollout_initial": self.rollout_initial}, f)
+
+    def load(self, folder: str | None) -> bool:
+        """From a checkpoint folder; False when it has none (written before this selection existed)."""
+        if folder is None or not os.path.isfile(os.path.join(folder, self.HISTORY)):
+            return False
+        with open(os.path.join(folder, self.HISTORY)) as f:
+            saved = json.load(f)
+        self.baselines, self.history, self.rollout_initial = saved["baselines"], saved["history"], saved["rollout_initial"]
+        self.best_state, _ = load_safetensors(os.path.join(folder, self.WEIGHTS))
+        return True
+
+    def summary(self) -> dict:
+        """Both baselines and the predictor's held-out MSE at the start, at its best and at the end, with their steps."""
+        start, best, final = self.history[0], self.best, self.history[-1]
+        return {**self.baselines, "predictor_mse_initial": start["predictor_mse"] if start["step"] == 0 else None,
+                "predictor_mse_best": best["predictor_mse"], "best_step": best["step"],
+                "predictor_mse_final": final["predictor_mse"], "final_step": final["step"]}
 
 
 def build_predictor(config: PredictorConfig, host: HunyuanVideoHost) -> DiffusersPredictor:
@@ -259,11 +429,25 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
     logger.info("predictor stage: %d trajectories x %d steps, %d (anchor, step) pairs, taps %s",
                 len(pool), config.steps, len(pairs), list(taps))
     unwrapped = accelerator.unwrap_model(predictor)
-    if state.step == 0:
+    selection = HeldOutSelection()
+    rollout_pool = held_out_pool[:config.rollout_eval_prompts]
+
+    def measure(step: int, baselines: bool = False) -> None:
         with accelerator.autocast():
-            initial = evaluate(host, unwrapped, held_out_pool, pairs, cond, sigmas, config.guidance, device, dtype)
-    else:
-        initial = None
+            evaluation = evaluate(host, unwrapped, held_out_pool, pairs, cond, sigmas, config.guidance, device, dtype,
+                                  baselines)
+        selection.record(step, evaluation, unwrapped)
+
+    if state.step == 0 or not selection.load(loop.latest_checkpoint(config.output_dir)):
+        if state.step:
+            logger.warning("%s holds no held-out selection (written before it existed): the exported weights are the "
+                           "best from step %d on", loop.latest_checkpoint(config.output_dir), state.step)
+        measure(state.step, baselines=True)
+        if state.step == 0 and rollout_pool:
+            with accelerator.autocast():
+                selection.rollout_initial = rollout_report(host, unwrapped, rollout_pool, config, cond, sigmas, device,
+                                                           dtype, modes=tuple(TEACHER_FORCED_KEY))
+    on_policy = None
 
     history: list[dict] = []
     bar = loop.progress(accelerator, config.max_steps, state.step, "predictor")
@@ -274,8 +458,13 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
         gan = step >= config.mse_steps
         loop.set_lr(opt_p, loop.lr_at(step, config.learning_rate, config.warmup_steps, config.lr_schedule, config.max_steps))
         loop.set_lr(opt_d, loop.lr_at(step - config.mse_steps, config.disc_learning_rate, config.warmup_steps))
+        if config.on_policy_fraction and step % config.on_policy_refresh == 0:
+            with accelerator.autocast():
+                on_policy = on_policy_pool(host, unwrapped, pool, config, cond, sigmas, loop.step_generator(
+                    config.seed, step, accelerator.process_index, stream=1), device)
         generator = loop.step_generator(config.seed, step, accelerator.process_index)
-        batch = draw_batch(pool, pairs, cond, sigmas, generator, config.batch_size, device, dtype)
+        batch = draw_training_batch(pool, pairs, on_policy, config.on_policy_fraction, cond, sigmas, generator,
+                                    config.batch_size, device, dtype)
         g = guidance_for(host, config.guidance, config.batch_size, device)
         losses = {}
         with accelerator.autocast():
@@ -299,7 +488,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
                 losses["disc"] = hinge_discriminator_loss(discriminator(real_features), discriminator(fake_features))
             accelerator.backward(losses["disc"])
         values = loop.gather_losses(accelerator, losses)
-        loop.stop_if_diverged(accelerator, config, state, values)
+        loop.stop_if_diverged(accelerator, config, state, values, selection.save)
         values["grad_norm"] = loop.clip_grad(accelerator, predictor, config.grad_clip)
         opt_p.step()
         opt_p.zero_grad(set_to_none=True)
@@ -307,29 +496,39 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
             loop.clip_grad(accelerator, discriminator, config.grad_clip)
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
-        loop.finish_step(accelerator, config, state, values, history, bar, started)
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
+            measure(step + 1)  # before finish_step, so the checkpoint of this step holds this evaluation
+        loop.finish_step(accelerator, config, state, values, history, bar, started, selection.save)
     bar.close()
     resources = loop.loop_resources(accelerator, history)
 
     rank_difference = loop.max_rank_difference(accelerator, predictor)
-    with accelerator.autocast():
-        final = evaluate(host, unwrapped, held_out_pool, pairs, cond, sigmas, config.guidance, device, dtype)
+    held_out = selection.summary()
+    unwrapped.load_state_dict(selection.best_state)  # the best held-out weights are the result, not the last ones
     report = {"stage": "predictor", "steps": state.step, "processes": accelerator.num_processes,
-              "held_out_initial": initial, "held_out_final": final, "rank_param_max_abs_diff": rank_difference,
+              "held_out": held_out, "held_out_evaluations": selection.history, "rank_param_max_abs_diff": rank_difference,
               "first_losses": history[:3], "last_losses": history[-3:], "taps": list(taps), "pairs": pairs,
               "mse_curve": [h["mse"] for h in history], **resources}
+    if rollout_pool:
+        with accelerator.autocast():
+            report["rollouts"] = {"held_out_trajectories": len(rollout_pool), "initial": selection.rollout_initial,
+                                  "exported": rollout_report(host, unwrapped, rollout_pool, config, cond, sigmas, device,
+                                                             dtype)}
     if accelerator.is_main_process:
         step_lists, interval_range = schedule_metadata(config)
         shape = "x".join(str(s) for s in config.latent_shape)
         out = export_predictor(f"{config.output_dir}/predictor.safetensors", unwrapped, host, step_lists=step_lists,
                                interval_range=interval_range, resolution=f"latent {shape}",
-                               training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")})
+                               training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")},
+                               held_out=held_out)
         report["predictor_file"] = out
         if config.push_to_hub:
             report["hub"] = push_to_hub(out, config.push_to_hub)
         loop.write_report(config.output_dir, report)
-        logger.info("predictor: held-out MSE %.4g (cache reuse %.4g, output reuse %.4g) -> %s", final["predictor_mse"],
-                    final["cache_reuse_mse"], final["output_reuse_mse"], out)
+        logger.info("predictor: held-out MSE %.4g at step %d exported (start %s, final %.4g; cache reuse %.4g, output "
+                    "reuse %.4g) -> %s", held_out["predictor_mse_best"], held_out["best_step"],
+                    held_out["predictor_mse_initial"], held_out["predictor_mse_final"], held_out["cache_reuse_mse"],
+                    held_out["output_reuse_mse"], out)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return report

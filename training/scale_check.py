@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "--held_out_prompts", "1", "--max_steps", str(args.predictor_steps), "--mse_steps", str(mse_steps),
                 "--checkpoint_every", str(args.predictor_steps), "--log_every", "1"], out, left, cpu)
             record |= {"model": full_model,
-                       "report": summary_of(report_of(run_dir), RUN_KEYS + ("held_out_final",))}
+                       "report": summary_of(report_of(run_dir), RUN_KEYS + ("held_out",))}
             launches.put("predictor_ddp", record)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             save_summary()
