@@ -27,7 +27,7 @@ def test_every_step_an_anchor_is_the_plain_sampler(meanflow_host):
     cond, noise = _inputs()
     sigmas = flow_sigmas(6, 2.0)
     plain = sample_euler(distilled(meanflow_host, cond, 5.0), noise, sigmas)
-    for mode in ("predictor", "reuse_output", "taylor"):
+    for mode in ("predictor", "reuse_output", "reuse_cache", "taylor"):
         cached = sample_cached(meanflow_host, noise, sigmas, cond, range(6), mode=mode, predictor=torch.nn.Identity(),
                                guidance=5.0)
         assert torch.equal(cached, plain)
@@ -51,6 +51,10 @@ def test_predicted_steps_use_the_anchor_cache(meanflow_host):
     reuse = sample_cached(meanflow_host, noise, sigmas, cond, {0}, mode="reuse_output", guidance=5.0)
     torch.testing.assert_close(reuse, euler_step(x1, u0, s1, s2), rtol=0, atol=0)
     assert not torch.allclose(got, reuse)
+    reuse_cache = sample_cached(meanflow_host, noise, sigmas, cond, {0}, mode="reuse_cache", guidance=5.0)
+    with torch.no_grad():
+        expected = euler_step(x1, meanflow_host.reuse_cache(x1, s1, cond, cache, s2, g), s1, s2)
+    torch.testing.assert_close(reuse_cache, expected, rtol=0, atol=0)
 
 
 class LinearVelocityHost(torch.nn.Module):
