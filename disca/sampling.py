@@ -9,6 +9,10 @@ sight, k-diffusion style. Flow convention: x_sigma = (1 - sigma) x_0 + sigma eps
 A host is any module with `forward(x, sigma, cond, sigma_next, guidance)`, `forward_with_cache(...)` ->
 (velocity, cache), `predict(predictor, x, sigma, cond, cache, sigma_next, guidance)` and the flags `is_meanflow`,
 `is_guidance_embedded` (`disca.hosts.diffusers.HunyuanVideoHost`). sigma, sigma_next and guidance are [B].
+
+As in ComfyUI (and in the official code's Euler update), sigmas and the sampler state x stay fp32 whatever the
+model's dtype: the host casts what enters the DiT (`disca.timesteps`), and its outputs are combined and stepped in
+fp32.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ def _r(host, sigma_next: torch.Tensor) -> torch.Tensor | None:
 @torch.no_grad()
 def sample_euler(model: Callable, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Euler through `sigmas` (1D, from ~1 down to 0) with `model(x, sigma[B], sigma_next[B]) -> velocity`."""
-    x, batch = noise, noise.shape[0]
-    sigmas = sigmas.to(noise.device, noise.dtype)  # once: the loop then makes no host copies
+    x, batch = noise.float(), noise.shape[0]
+    sigmas = sigmas.to(noise.device, torch.float32)  # once: the loop then makes no host copies
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
         x = euler_step(x, model(x, sigma, sigma_next), sigma, sigma_next)
@@ -52,7 +56,7 @@ def guided(host, cond: dict, negative: dict, scale: float) -> Callable:
     def model(x, sigma, sigma_next):
         batch = x.shape[0]
         both = {k: torch.cat([cond[k], negative[k].expand(batch, *negative[k].shape[1:])]) for k in cond}
-        out = host(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
+        out = host(torch.cat([x, x]), torch.cat([sigma, sigma]), both).float()  # CFG on fp32, as ComfyUI's denoised
         positive, uncond = out[:batch], out[batch:]
         return uncond + scale * (positive - uncond)
     return model
@@ -82,8 +86,8 @@ def sample_cached(host, noise: torch.Tensor, sigmas: torch.Tensor, cond: dict, a
         raise ValueError(f"mode must be one of {CACHED_MODES}, got {mode!r}")
     if mode == "predictor" and predictor is None:
         raise ValueError("mode 'predictor' needs the predictor module")
-    x, batch = noise, noise.shape[0]
-    sigmas = sigmas.to(noise.device, noise.dtype)
+    x, batch = noise.float(), noise.shape[0]
+    sigmas = sigmas.to(noise.device, torch.float32)
     cache = None
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sigma, output) of the last two anchors
     for i in range(len(sigmas) - 1):
@@ -92,7 +96,7 @@ def sample_cached(host, noise: torch.Tensor, sigmas: torch.Tensor, cond: dict, a
         r = _r(host, sigma_next)
         if i in anchors:
             velocity, cache = host.forward_with_cache(x, sigma, cond, r, g)
-            history = (history + [(sigma, velocity)])[-2:]
+            history = (history + [(sigma, velocity.float())])[-2:]  # the Taylor extrapolation runs in fp32
         elif mode == "predictor":
             velocity = host.predict(predictor, x, sigma, cond, cache, r, g)
         elif mode == "reuse_cache":

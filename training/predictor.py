@@ -64,10 +64,13 @@ def guidance_for(host: HunyuanVideoHost, scale: float, batch: int, device) -> to
 def sample_trajectories(host: HunyuanVideoHost, cond_rows: dict[str, torch.Tensor], noise: torch.Tensor,
                         sigmas: torch.Tensor, guidance: float, prompts: list[int], store) -> list[Trajectory]:
     """Euler (MeanFlow: r = next sigma) through the whole schedule for a batch of prompts, keeping every step's
-    input, output and cache; one Trajectory per row, its tensors moved to `store` (CPU, or the GPU for small models)."""
-    x, inputs, outputs, caches = noise, [], [], []
+    input, output and cache; one Trajectory per row, its tensors moved to `store` (CPU, or the GPU for small models).
+
+    Sigmas and the Euler state x stay fp32, as the deployment keeps them (the host casts what enters the DiT): bf16
+    sigmas made t = 1000 sigma a multiple of 4 near 1000 and bf16 states put each step's Euler update off."""
+    x, inputs, outputs, caches = noise.float(), [], [], []
     batch, device = noise.shape[0], noise.device
-    sigmas = sigmas.to(device, noise.dtype)
+    sigmas = sigmas.to(device, torch.float32)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
         velocity, cache = host.forward_with_cache(x, sigma, cond_rows, sigma_next if host.is_meanflow else None,
@@ -125,12 +128,18 @@ def draw_batch(pool: list[Trajectory], pairs, cond, sigmas, generator: torch.Gen
     return _to(batch, device, dtype)
 
 
-def _to(value, device, dtype):
+# batch entries that stay fp32 whatever the DiT's dtype: the sampler's state and its sigmas (`disca.timesteps`)
+_FP32_KEYS = ("latents", "sigma", "sigma_next")
+
+
+def _to(value, device, dtype, key: str | None = None):
     if isinstance(value, dict):
-        return {k: _to(v, device, dtype) for k, v in value.items()}
+        return {k: _to(v, device, dtype, k) for k, v in value.items()}
     if isinstance(value, tuple):
-        return tuple(_to(v, device, dtype) for v in value)
-    return value.to(device, dtype if value.is_floating_point() else None)
+        return tuple(_to(v, device, dtype, key) for v in value)
+    if not value.is_floating_point():
+        return value.to(device)
+    return value.to(device, torch.float32 if key in _FP32_KEYS else dtype)
 
 
 def discriminator_input(batch: dict, velocity: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:

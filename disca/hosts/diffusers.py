@@ -6,10 +6,13 @@ embedding, the attention mask, the last-layer cache, and the DiT's own final lay
 predictor's output. `HunyuanVideoHost` exposes these as three steps (`embed`, `run_blocks`, `finalize`) built from
 the diffusers model's own submodules; `forward` chains them and equals the diffusers forward exactly.
 
-Time conventions (DESIGN.md §2): callers pass sigma in [0, 1]; the DiT embeds 1000*sigma. MeanFlow models embed
-r = the next sigma the same way and combine `vec = (time_in(t) + time_r_in(r)) / 2` (1.0, our `time_r_in` module,
-which diffusers lacks) or `time_in(t) + time_r_in(r)` (1.5, diffusers' `timestep_embedder_r`), as ComfyUI does.
-Embedded guidance is `1000 * scale`.
+Time conventions (DESIGN.md §2): callers pass sigma in [0, 1] (fp32: the sampler's dtype); the DiT embeds 1000*sigma.
+MeanFlow models embed r = the next sigma the same way and combine `vec = (time_in(t) + time_r_in(r)) / 2` (1.0, our
+`time_r_in` module, which diffusers lacks) or `time_in(t) + time_r_in(r)` (1.5, diffusers' `timestep_embedder_r`),
+as ComfyUI does. Embedded guidance is `1000 * scale`. The numbers fed are the deployment's
+(`disca.timesteps.dit_time_inputs`: t and r in fp32, guidance rounded through the model dtype), each embedding is
+cast to the model dtype, and so are the latent and the conditioning: a caller keeps its sampler state in fp32, as
+ComfyUI does.
 
 Conditioning is a dict of tensors (batch first):
   1.0: prompt_embeds [B, L, D_text], prompt_mask [B, L] (1 = valid, valid tokens first), pooled_embeds [B, 768]
@@ -35,8 +38,8 @@ from disca.formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, PredictorFile
 from disca.hosts.diffusers_keys import (diffusers_to_tencent_dit, diffusers_to_tencent_predictor,
                                         tencent_to_diffusers_dit, tencent_to_diffusers_predictor)
 from disca.predictor import DisCaPredictor
+from disca.timesteps import dit_time_inputs
 
-TIME_SCALE = 1000.0  # sigma -> the DiT's timestep input; also the guidance multiplier
 COND_KEYS = {
     ARCH_HV10: ("prompt_embeds", "prompt_mask", "pooled_embeds"),
     ARCH_HV15: ("prompt_embeds", "prompt_mask", "byt5_embeds", "byt5_mask", "image_embeds", "image_latents"),
@@ -184,22 +187,27 @@ class HunyuanVideoHost(nn.Module):
             raise ValueError("this is a MeanFlow model: pass sigma_next (r, the next sigma of the schedule)")
         if self.is_guidance_embedded and guidance is None:
             raise ValueError("this model is guidance-embedded: pass guidance (the CFG scale it should imitate)")
-        timestep = sigma * TIME_SCALE
+        timestep, timestep_r, guidance = dit_time_inputs(sigma, sigma_next if self.is_meanflow else None,
+                                                         guidance if self.is_guidance_embedded else None, self.dtype)
+        # ComfyUI casts the latent and every conditioning tensor to the model dtype where the DiT takes them
+        # (BaseModel._apply_model), whatever dtype the caller keeps them in
+        cond = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in cond.items()}
         if self.arch == ARCH_HV10:
-            return self._embed_hv10(latents, timestep, cond, sigma_next, guidance)
-        return self._embed_hv15(latents, timestep, cond, sigma_next, guidance)
+            return self._embed_hv10(latents.to(self.dtype), timestep, cond, timestep_r, guidance)
+        return self._embed_hv15(latents, timestep, cond, timestep_r, guidance)
 
-    def _embed_hv10(self, latents, timestep, cond, sigma_next, guidance) -> Embedded:
+    def _embed_hv10(self, latents, timestep, cond, timestep_r, guidance) -> Embedded:
         tr = self.transformer
         tt = tr.time_text_embed
         pooled = cond["pooled_embeds"]
-        # same operations and order as HunyuanVideoConditionEmbedding.forward, plus the r term
-        time_emb = tt.timestep_embedder(tt.time_proj(timestep).to(dtype=pooled.dtype))
+        # the operations and order of HunyuanVideoConditionEmbedding.forward, plus the r term; each fp32 sinusoid is
+        # cast to the model dtype, as ComfyUI's `.to(img.dtype)` does
+        time_emb = tt.timestep_embedder(tt.time_proj(timestep).to(self.dtype))
         if self.time_r_in is not None:
-            time_emb = (time_emb + self.time_r_in(tt.time_proj(sigma_next * TIME_SCALE).to(dtype=pooled.dtype))) / 2
+            time_emb = (time_emb + self.time_r_in(tt.time_proj(timestep_r).to(self.dtype))) / 2
         pooled_emb = tt.text_embedder(pooled)
         if tt.guidance_embedder is not None:
-            guidance_emb = tt.guidance_embedder(tt.time_proj(guidance * TIME_SCALE).to(dtype=pooled.dtype))
+            guidance_emb = tt.guidance_embedder(tt.time_proj(guidance).to(self.dtype))
             temb = time_emb + guidance_emb + pooled_emb
         else:
             temb = time_emb + pooled_emb
@@ -212,13 +220,17 @@ class HunyuanVideoHost(nn.Module):
         mask = torch.arange(img_len + txt_len, device=img.device).unsqueeze(0) < valid.unsqueeze(1)
         return Embedded(img, txt, temb, rotary, mask.view(batch, 1, 1, -1), tuple(latents.shape))
 
-    def _embed_hv15(self, latents, timestep, cond, sigma_next, guidance) -> Embedded:
+    def _embed_hv15(self, latents, timestep, cond, timestep_r, guidance) -> Embedded:
         tr = self.transformer
-        timestep_r = sigma_next * TIME_SCALE if self.is_meanflow else None
-        temb = tr.time_embed(timestep, timestep_r=timestep_r)
+        te = tr.time_embed
+        # HunyuanVideo15TimeEmbedding.forward, except that the fp32 sinusoids are cast to the model dtype (diffusers
+        # casts them to the timestep's, which is fp32 here) as ComfyUI's `.to(img.dtype)` does
+        temb = te.timestep_embedder(te.time_proj(timestep).to(self.dtype))
+        if timestep_r is not None:
+            temb = temb + te.timestep_embedder_r(te.time_proj_r(timestep_r).to(self.dtype))
         if self.guidance_in is not None:
-            temb = temb + self.guidance_in(self._time_proj()(guidance * TIME_SCALE).to(dtype=timestep.dtype))
-        model_input = torch.cat([latents, cond["image_latents"]], dim=1)
+            temb = temb + self.guidance_in(self._time_proj()(guidance).to(self.dtype))
+        model_input = torch.cat([latents, cond["image_latents"]], dim=1).to(self.dtype)
         rotary = tr.rope(model_input)
         img = tr.x_embedder(model_input)
         txt, mask = self._hv15_text_tokens(timestep, cond)
