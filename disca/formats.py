@@ -185,6 +185,32 @@ def normalize_tencent_layout(state_dict: dict[str, torch.Tensor], source: str = 
     return out
 
 
+_FUSED_DOUBLE_BLOCK_QKV = re.compile(rf"^({DOUBLE_STREAM_BLOCKS}\.\d+\.)(img_attn|txt_attn)_qkv\.(weight|bias)$")
+
+
+def official_tencent_layout(state_dict: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """The merged layout -> the one the official code loads, for files we write.
+
+    HunyuanVideo-1.5's double-stream blocks (the DiT's and the DisCa predictor's) define q, k and v as three linears
+    (`img_attn_q/k/v`, `txt_attn_q/k/v`). The official DisCa code loads a predictor non-strictly, so a fused
+    `*_attn_qkv` would be skipped without an error and q/k/v left at their initialisation; its 1.5 DiT loader refuses
+    the keys it does not define. So 1.5 files are written split, rows q, k, v in that order (the inverse of
+    `normalize_tencent_layout`, which fuses them again for ComfyUI and our loaders); 1.0 defines them fused.
+    """
+    if arch != ARCH_HV15:
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        m = _FUSED_DOUBLE_BLOCK_QKV.match(key)
+        if m is None:
+            out[key] = value
+            continue
+        prefix, stream, tensor = m.groups()
+        # clones: safetensors refuses tensors that share storage
+        out.update({f"{prefix}{stream}_{part}.{tensor}": rows.clone() for part, rows in zip("qkv", value.chunk(3))})
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Predictor layout
 

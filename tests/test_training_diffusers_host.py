@@ -178,13 +178,14 @@ def test_predictor_exports_in_official_layout_and_loads_back(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_official_random_predictor_loads_into_diffusers_blocks(arch):
-    """The official layout as tests/tiny_models.py writes it (1.5: q/k/v split) loads strictly and exports back."""
+    """The official layout as tests/tiny_models.py writes it (1.5: q/k/v split) loads strictly and exports back to the
+    same tensors under the same names."""
     state = official_predictor_state_dict(arch, hidden=128, heads=1)
-    spec, normalized = read_predictor_state_dict(state, "official")
+    spec, _ = read_predictor_state_dict(state, "official")
     predictor = DiffusersPredictor(spec)
     predictor.load_official_state_dict(state)
     back = predictor.official_state_dict()
-    assert back.keys() == normalized.keys() and all(torch.equal(back[k], normalized[k]) for k in back)
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in back)
 
 
 @pytest.mark.parametrize("arch", ARCHES)

@@ -64,8 +64,12 @@ def _random(shapes: dict, seed: int, std: float = 0.05) -> dict[str, torch.Tenso
 
 
 def tencent_dit_state_dict(arch: str = ARCH_HV10, double_blocks: int = 1, single_blocks: int = 2,
-                           meanflow: bool = True, guidance: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A tiny HunyuanVideo DiT in the Tencent layout (1.5: q/k/v stored split, as Tencent ships them)."""
+                           meanflow: bool = True, guidance: bool = True, seed: int = 0,
+                           byt5: bool = False) -> dict[str, torch.Tensor]:
+    """A tiny HunyuanVideo DiT in the Tencent layout (1.5: q/k/v stored split, as Tencent ships them).
+
+    `byt5` (1.5): add the ByT5 glyph mapper `byt5_in` (Tencent's ByT5Mapper: 1472 -> 2048 -> 2048 -> hidden), which
+    ComfyUI does without but a diffusers 1.5 model needs; the file then holds every key of Tencent's 1.5 DiT."""
     hidden, head_dim, mlp = HIDDEN, 128, 4 * HIDDEN
     shapes: dict[str, tuple] = {}
     if arch == ARCH_HV10:
@@ -105,6 +109,11 @@ def tencent_dit_state_dict(arch: str = ARCH_HV10, double_blocks: int = 1, single
         _linear(shapes, "vision_in.proj.3", hidden, VISION_DIM)
         shapes["vision_in.proj.4.weight"] = (hidden,)
         shapes["vision_in.proj.4.bias"] = (hidden,)
+        if byt5:
+            shapes["byt5_in.layernorm.weight"] = shapes["byt5_in.layernorm.bias"] = (1472,)
+            _linear(shapes, "byt5_in.fc1", 2048, 1472)
+            _linear(shapes, "byt5_in.fc2", 2048, 2048)
+            _linear(shapes, "byt5_in.fc3", hidden, 2048)
     for i in range(double_blocks):
         _double_block_shapes(shapes, f"double_blocks.{i}.", hidden, head_dim, split_qkv=arch == ARCH_HV15, mlp=mlp)
     for i in range(single_blocks):

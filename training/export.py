@@ -3,9 +3,11 @@
     python -m training.export predictor --checkpoint runs/p/checkpoints/step_1500 --model <dit> --out models/disca/p.safetensors
     python -m training.export dit --model <diffusers transformer folder> --out models/diffusion_models/dit.safetensors
 
+Both are written in the layout the official code loads (HunyuanVideo-1.5: q/k/v split, `official_tencent_layout`).
 A predictor file loads unchanged through `disca.formats.load_predictor_file` (and so in the ComfyUI nodes); a DiT
-file is what ComfyUI's stock loader detects (MeanFlow when `time_r_in.*` is present, CFG-distilled with
-`guidance_in.*`). `disca.base_fingerprint` is computed on the Tencent-layout DiT tensors, as the runtime does.
+file is what ComfyUI detects (MeanFlow when `time_r_in.*` is present, CFG-distilled with `guidance_in.*`): 1.0 in the
+stock loader, 1.5 through DisCa Load Distilled Model, which fuses the split q/k/v as ComfyUI's blocks want them.
+`disca.base_fingerprint` is computed on the Tencent-layout DiT tensors, as the runtime does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import torch
 
 from disca.formats import (base_fingerprint, build_metadata, check_predictor_fits, infer_dit_spec, load_predictor_file, load_safetensors,
-                           read_predictor_state_dict, save_safetensors)
+                           official_tencent_layout, read_predictor_state_dict, save_safetensors)
 from disca.hosts.diffusers import DiffusersPredictor, HunyuanVideoHost, load_host
 from disca.hosts.diffusers_keys import diffusers_to_tencent_dit, diffusers_to_tencent_predictor
 
@@ -67,7 +69,9 @@ def finish_distillation(accelerator, config, model, unwrapped: HunyuanVideoHost,
 
 def export_dit(path: str, host: HunyuanVideoHost, *, R: float | None = None, training: dict | None = None,
                dtype: torch.dtype | None = torch.bfloat16, host_state_dict: dict[str, torch.Tensor] | None = None) -> str:
-    """Write the DiT in the merged Tencent layout ComfyUI loads (with time_r_in / guidance_in when present).
+    """Write the DiT in the official Tencent layout (with time_r_in / guidance_in when present): 1.0 fused, as
+    ComfyUI's stock loader takes it; 1.5 with q/k/v split, as Tencent's code defines and loads it (ComfyUI's stock
+    loader drops split q/k/v; DisCa Load Distilled Model fuses them first, as it does for Tencent's own 1.5 files).
 
     `host_state_dict`: the full state dict of the host module when its parameters are sharded (FSDP:
     `accelerator.get_state_dict(model)`, gathered on the main process); by default the host's own weights.
@@ -81,7 +85,7 @@ def export_dit(path: str, host: HunyuanVideoHost, *, R: float | None = None, tra
     metadata = build_metadata("dit", host.arch, base_fingerprint=base_fingerprint(tencent), R=None if R is None else str(R),
                               training=training)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_safetensors(path, _contiguous(tencent, dtype), metadata)
+    save_safetensors(path, _contiguous(official_tencent_layout(tencent, host.arch), dtype), metadata)
     return path
 
 

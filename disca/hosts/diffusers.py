@@ -34,7 +34,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from disca.formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, PredictorFile, PredictorSpec, infer_dit_spec,
-                           load_safetensors, read_predictor_state_dict, strip_wrapper_prefix)
+                           load_safetensors, official_tencent_layout, read_predictor_state_dict, strip_wrapper_prefix)
 from disca.hosts.diffusers_keys import (diffusers_to_tencent_dit, diffusers_to_tencent_predictor,
                                         tencent_to_diffusers_dit, tencent_to_diffusers_predictor)
 from disca.predictor import DisCaPredictor
@@ -378,7 +378,8 @@ class HunyuanVideoHost(nn.Module):
         return state
 
     def tencent_state_dict(self) -> dict[str, torch.Tensor]:
-        """The Tencent layout ComfyUI and the official scripts load (merged q/k/v)."""
+        """The merged Tencent layout (fused q/k/v, as ComfyUI's renaming expects). Files are written in the official
+        layout (`disca.formats.official_tencent_layout`: 1.5's q/k/v split), which every loader here accepts."""
         return diffusers_to_tencent_dit(self.diffusers_state_dict(), self.arch)
 
 
@@ -522,7 +523,9 @@ class DiffusersPredictor(DisCaPredictor):
         return predictor
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
-        return diffusers_to_tencent_predictor({k: v.detach() for k, v in self.state_dict().items()}, self.spec.arch)
+        """The layout the official DisCa code loads (1.5: q/k/v split, `disca.formats.official_tencent_layout`)."""
+        merged = diffusers_to_tencent_predictor({k: v.detach() for k, v in self.state_dict().items()}, self.spec.arch)
+        return official_tencent_layout(merged, self.spec.arch)
 
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "predictor") -> None:
         """Load official-layout weights (any variant `disca.formats` accepts), strictly."""
