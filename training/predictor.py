@@ -198,8 +198,9 @@ TEACHER_FORCED_KEY = {"predictor": "predictor_mse", "reuse_cache": "cache_reuse_
 @dataclass
 class Rollout(Trajectory):
     """A DisCa roll-out on one schedule from a trajectory's noise. `latents` are the states it visits and `velocities`
-    the frozen DiT's output at each (on predicted steps computed beside the roll-out: the on-policy targets);
-    `caches` hold each anchor's cache (a predicted step repeats the one it used); `used` is the output each step took."""
+    the frozen DiT's output at each (on predicted steps computed beside the roll-out: the on-policy targets; without
+    targets, the output used); `caches` hold each anchor's cache (a predicted step repeats the one it used); `used`
+    is the output each step took."""
 
     used: torch.Tensor  # [S, C_out, F, H, W]
     final: torch.Tensor  # [C, F, H, W]: the roll-out's sample
@@ -207,8 +208,9 @@ class Rollout(Trajectory):
 
 @torch.no_grad()
 def roll_out(host, mode: str, predictor, starts: list[Trajectory], anchors, cond, sigmas, guidance: float, device,
-             store) -> list[Rollout]:
-    """DisCa roll-outs (`disca.sampling.sample_cached` in `mode`) from the noises x_0 of `starts`, as one batch."""
+             store, targets: bool = True) -> list[Rollout]:
+    """DisCa roll-outs (`disca.sampling.sample_cached` in `mode`) from the noises x_0 of `starts`, as one batch;
+    `targets`: run the frozen DiT at every predicted state too (one more DiT call per predicted step)."""
     anchors = frozenset(anchors)
     noise = torch.stack([t.latents[0] for t in starts]).to(device)
     rows = {k: v.to(device) for k, v in select_rows(cond, [t.prompt for t in starts]).items()}
@@ -216,7 +218,7 @@ def roll_out(host, mode: str, predictor, starts: list[Trajectory], anchors, cond
     seen = []
 
     def record(step, x, sigma, sigma_next, used, cache):
-        seen.append((x, used if step in anchors else dit(x, sigma, sigma_next), used, *cache))
+        seen.append((x, dit(x, sigma, sigma_next) if targets and step not in anchors else used, used, *cache))
 
     final = sample_cached(host, noise, sigmas, rows, anchors, mode=mode, predictor=predictor, guidance=guidance,
                           on_step=record)
@@ -235,8 +237,10 @@ def full_final(trajectory: Trajectory, sigmas: torch.Tensor) -> torch.Tensor:
 def rollout_report(host, predictor, pool: list[Trajectory], config: PredictorConfig, cond, sigmas, device, dtype,
                    modes=("predictor",)) -> dict:
     """Per schedule and caching mode, on `pool` (held-out trajectories): the one-step error on teacher-forced states
-    (the DiT's own trajectory and caches), on the states the mode's own roll-out from the same noise visits (on-policy),
-    their ratio (the exposure gap), and the roll-out's final-sample error against the all-full trajectory."""
+    (the DiT's own trajectory and caches), the roll-out's final-sample error against the all-full trajectory from the
+    same noise, and for the predictor its one-step error on the states its own roll-out visits (on-policy) and the
+    ratio of the two one-step errors (the exposure gap). The training-free modes skip the on-policy targets: a DiT
+    call per predicted step each, for a number no choice here depends on."""
     report = {}
     for schedule in config.anchor_schedules():
         pairs = schedule_pairs(schedule, config.steps)
@@ -244,17 +248,18 @@ def rollout_report(host, predictor, pool: list[Trajectory], config: PredictorCon
                                   baselines=modes != ("predictor",))
         rows = {}
         for mode in modes:
-            on_policy, final = 0.0, 0.0
+            on_policy, final, targets = 0.0, 0.0, mode == "predictor"
             for begin in range(0, len(pool), config.trajectory_batch):  # one batch of roll-outs in memory at a time
                 chunk = pool[begin:begin + config.trajectory_batch]
                 for start, rollout in zip(chunk, roll_out(host, mode, predictor, chunk, schedule.anchor_steps(config.steps),
-                                                          cond, sigmas, config.guidance, device, "cpu")):
+                                                          cond, sigmas, config.guidance, device, "cpu", targets)):
                     on_policy += sum((rollout.used[j].float() - rollout.velocities[j].float()).pow(2).mean().item()
                                      for _, j in pairs) / len(pairs)
                     final += (rollout.final.float() - full_final(start, sigmas)).pow(2).mean().item()
             tf = teacher_forced[TEACHER_FORCED_KEY[mode]]
-            rows[mode] = {"teacher_forced_mse": tf, "on_policy_mse": on_policy / len(pool),
-                          "exposure_gap": on_policy / len(pool) / tf, "final_sample_mse": final / len(pool)}
+            rows[mode] = {"teacher_forced_mse": tf, "final_sample_mse": final / len(pool)}
+            if targets:
+                rows[mode] |= {"on_policy_mse": on_policy / len(pool), "exposure_gap": on_policy / len(pool) / tf}
         report[schedule.name] = rows
     return report
 
@@ -513,6 +518,10 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
 
     rank_difference = loop.max_rank_difference(accelerator, predictor)
     held_out = selection.summary()
+    rollouts = {"held_out_trajectories": len(rollout_pool), "initial": selection.rollout_initial}
+    if rollout_pool and held_out["best_step"] != held_out["final_step"]:  # what the last weights would have given
+        with accelerator.autocast():
+            rollouts["final"] = rollout_report(host, unwrapped, rollout_pool, config, cond, sigmas, device, dtype)
     unwrapped.load_state_dict(selection.best_state)  # the best held-out weights are the result, not the last ones
     report = {"stage": "predictor", "steps": state.step, "processes": accelerator.num_processes,
               "held_out": held_out, "held_out_evaluations": selection.history, "rank_param_max_abs_diff": rank_difference,
@@ -520,9 +529,8 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
               "mse_curve": [h["mse"] for h in history], **resources}
     if rollout_pool:
         with accelerator.autocast():
-            report["rollouts"] = {"held_out_trajectories": len(rollout_pool), "initial": selection.rollout_initial,
-                                  "exported": rollout_report(host, unwrapped, rollout_pool, config, cond, sigmas, device,
-                                                             dtype)}
+            rollouts["exported"] = rollout_report(host, unwrapped, rollout_pool, config, cond, sigmas, device, dtype)
+        report["rollouts"] = rollouts
     if accelerator.is_main_process:
         step_lists, interval_range = schedule_metadata(config)
         shape = "x".join(str(s) for s in config.latent_shape)
