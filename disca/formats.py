@@ -414,14 +414,14 @@ def check_predictor_fits(spec: PredictorSpec, dit: DiTSpec, source: str) -> None
 # Metadata
 
 
-_FINGERPRINT_KEYS = ("img_in.proj.weight", "final_layer.linear.weight", "time_in.mlp.0.weight", "time_in.in_layer.weight")
+FINGERPRINT_KEYS = ("img_in.proj.weight", "final_layer.linear.weight", "time_in.mlp.0.weight", "time_in.in_layer.weight")
 
 
 def base_fingerprint(dit_state_dict: dict[str, torch.Tensor]) -> str:
     """A short hash of a few base tensors (both Tencent and ComfyUI names), to catch a predictor/base mismatch."""
     digest = hashlib.sha256()
     used = 0
-    for key in _FINGERPRINT_KEYS:
+    for key in FINGERPRINT_KEYS:
         tensor = dit_state_dict.get(key)
         if tensor is None:
             continue
@@ -431,7 +431,7 @@ def base_fingerprint(dit_state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(flat[:4096].numpy().tobytes())
         used += 1
     if used == 0:
-        raise DisCaFormatError("cannot fingerprint the base model: none of " + ", ".join(_FINGERPRINT_KEYS) + " present")
+        raise DisCaFormatError("cannot fingerprint the base model: none of " + ", ".join(FINGERPRINT_KEYS) + " present")
     return digest.hexdigest()[:16]
 
 

@@ -2,11 +2,15 @@
 
 Resume contract: a run's state is (weights, optimiser moments, step, RNG) in `accelerator.save_state`; batches are
 drawn from a generator seeded by (seed, step, rank), so a resumed run draws exactly the batches the uninterrupted
-run would have drawn, with no dataloader position to restore.
+run would have drawn, with no dataloader position to restore. Each checkpoint also records what defines the run
+(`run_record`: the model, the data, the objective); `--resume` refuses a config that changes any of it
+(`check_resume`), as nanoGPT enforces the model args it stores in its checkpoints.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -17,6 +21,8 @@ import sys
 import time
 
 import torch
+
+from training.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +167,129 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return checkpoint_dir(output_dir, max(steps)) if steps else None
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, keep: int, extra=None) -> str:
+# What defines a run: a --resume that changes one of these would continue a different run from the checkpoint's
+# state. The model (its architecture and weights: `model_identity`) and the data files (by content, so a moved run
+# still resumes) are compared too. Free to change on resume: the optimisation knobs (learning rates, warm-up,
+# clipping, weight decay, max_steps to extend a run, phase lengths, evaluation and on-policy cadence) and the
+# bookkeeping (output, logging, checkpoint cadence, memory and speed switches).
+RUN_KEYS = (
+    "stage", "seed", "batch_size", "base_dtype", "guidance",
+    # predictor stage: the trajectory pool, its (anchor, step) pairs, the predictor's and discriminator's shapes
+    "latent_shape", "steps", "shift", "schedules", "trajectories_per_prompt", "held_out_prompts", "depth",
+    "disc_taps", "disc_width", "disc_input",
+    # distillation stages: the objective
+    "R", "boundary_fraction", "guidance_min", "guidance_max", "prompt_dropout",
+)
+RUN_FILES = ("prompts", "latents", "negative_prompt", "reference_images", "init_predictor")
+
+
+def file_fingerprint(path: str) -> str:
+    """sha256 of a file's size and its first and last MiB (a safetensors header, which names and shapes every
+    tensor, and data at both ends): cheap on a 26 GB checkpoint. A folder: of its files' fingerprints."""
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            if os.path.isfile(os.path.join(path, name)):
+                digest.update(f"{name}:{file_fingerprint(os.path.join(path, name))}".encode())
+        return digest.hexdigest()[:16]
+    size = os.path.getsize(path)
+    digest.update(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def model_identity(path: str) -> dict:
+    """What the DiT at `path` is, without loading it: its architecture (`disca.formats.DiTSpec`, read from the tensor
+    shapes in the file headers) and the pack's base fingerprint (a few small tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    from disca.formats import FINGERPRINT_KEYS, DisCaFormatError, base_fingerprint, infer_dit_spec, strip_wrapper_prefix
+
+    def read(file: str, wanted: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        # every tensor as its shape on the meta device, except the few the fingerprint reads
+        with safe_open(file, framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) if k.endswith(wanted) else torch.empty(f.get_slice(k).get_shape(), device="meta")
+                    for k in f.keys()}
+
+    try:
+        if os.path.isdir(path):  # a diffusers folder: its keys under the Tencent names the spec and fingerprint read
+            from disca.hosts.diffusers import arch_of_folder
+            from disca.hosts.diffusers_keys import diffusers_to_tencent_dit
+
+            state = {}
+            for name in sorted(os.listdir(path)):
+                if name.endswith(".safetensors"):  # the weights and disca_extra_embedders.safetensors
+                    state.update(read(os.path.join(path, name), ("x_embedder.proj.weight", "proj_out.weight",
+                                                                 "timestep_embedder.linear_1.weight")))
+            tencent = diffusers_to_tencent_dit(state, arch_of_folder(path), path)
+        else:
+            tencent = strip_wrapper_prefix(read(path, FINGERPRINT_KEYS))
+        spec = infer_dit_spec(tencent, path)
+    except (DisCaFormatError, SafetensorError, OSError, KeyError) as error:  # e.g. a folder of .bin weights
+        logger.warning("%s: architecture not readable from the headers (%s); the run records its content only", path,
+                       error)
+        return {"path": os.path.abspath(path), "fingerprint": file_fingerprint(path)}
+    return {"path": os.path.abspath(path), **{k: getattr(spec, k) for k in spec.__dataclass_fields__},
+            "fingerprint": base_fingerprint(tencent)}
+
+
+@functools.lru_cache(maxsize=8)
+def run_record(config) -> dict:
+    """The run-defining part of a (frozen, hashable) stage config, JSON-ready; computed once per process and config."""
+    values = config.as_dict()
+    record = {key: values[key] for key in RUN_KEYS if key in values}
+    record["model"] = model_identity(config.model)
+    for key in RUN_FILES:
+        if values.get(key):
+            record[key] = {"path": os.path.abspath(values[key]), "fingerprint": file_fingerprint(values[key])}
+    return json.loads(json.dumps(record))  # tuples as lists, as they come back from train_state.json
+
+
+def run_differences(saved: dict, current: dict) -> list[str]:
+    """One line per run-defining value that differs between a checkpoint's record and this config's (a file's
+    path alone may differ: a moved run resumes)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += [f"config key '{key}' ({new['path']}): {field} was {old.get(field)!r} in the run, is "
+                    f"{new.get(field)!r} now" for field in sorted((set(old) | set(new)) - {"path"})
+                    if old.get(field) != new.get(field)]
+        elif old != new:
+            out.append(f"config key '{key}' was {old!r} in the run, is {new!r} now")
+    return out
+
+
+def check_resume(config) -> None:
+    """Before a --resume loads anything: refuse a config that changes what defines the run in `output_dir`."""
+    path = latest_checkpoint(config.output_dir)
+    state_file = None if path is None else os.path.join(path, TRAIN_STATE)
+    if state_file is None or not os.path.isfile(state_file):
+        return  # `resume` says what is missing
+    with open(state_file) as f:
+        saved = json.load(f).get("run")
+    if saved is None:
+        logger.warning("--resume: %s was written before checkpoints recorded their run; its model, data and "
+                       "objective cannot be checked against this config", path)
+        return
+    differences = run_differences(saved, run_record(config))
+    if differences:
+        raise ConfigError(
+            f"--resume: the checkpoint {path} belongs to another run: " + "; ".join(differences) + ". These define "
+            "the run (its model, data and objective): resume with the run's values, or start a new run in another "
+            "output_dir."
+        )
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, keep: int, extra=None, run: dict | None = None) -> str:
     """Save into a temp folder and rename, so a kill during saving never leaves a half-written step_N behind.
 
     `extra(folder)`: writes a stage's own files (e.g. the predictor's best held-out weights) into the checkpoint
-    before the rename, on the main process, so they are in every checkpoint a resume can find."""
+    before the rename, on the main process, so they are in every checkpoint a resume can find.
+    `run`: `run_record(config)`, kept beside the step so that `check_resume` can refuse a different run."""
     final = checkpoint_dir(output_dir, step)
     tmp = os.path.join(output_dir, CHECKPOINTS, f"tmp_step_{step}")
     if accelerator.is_main_process:
@@ -175,7 +299,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, keep: int, extra=No
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(tmp, TRAIN_STATE), "w") as f:
-            json.dump({"step": step}, f)
+            json.dump({"step": step, "run": run}, f)
         if extra is not None:
             extra(tmp)
         shutil.rmtree(final, ignore_errors=True)
@@ -216,7 +340,8 @@ def stop_if_diverged(accelerator, config, state: TrainState, values: dict[str, f
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if not bad:
         return
-    path = save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints + 1, extra)
+    path = save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints + 1, extra,
+                           run_record(config))
     raise TrainingDiverged(
         f"loss became non-finite at step {state.step} ({bad}); no update was applied and no output file was "
         f"written. Checkpoint saved to {path}. Lower learning_rate (now {config.learning_rate}), keep grad_clip > 0, "
@@ -328,7 +453,7 @@ def finish_step(accelerator, config, state: TrainState, values: dict[str, float]
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
     bar.update(1)
     if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
-        save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints, extra)
+        save_checkpoint(accelerator, config.output_dir, state.step, config.keep_checkpoints, extra, run_record(config))
 
 
 def prepare_single_model_stage(accelerator, config, student, resuming: bool, project: str):

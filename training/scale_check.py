@@ -528,7 +528,7 @@ def lean_train(argv: list[str]) -> dict:
     from training import loop, meanflow
     from training.train import main as train_main
 
-    loop.save_checkpoint = lambda accelerator, output_dir, step, keep: None
+    loop.save_checkpoint = lambda *args, **kwargs: None
     meanflow.EVAL_BATCH = 1
     if "--no_export" in argv:
         argv = [a for a in argv if a != "--no_export"]

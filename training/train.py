@@ -4,7 +4,8 @@
     accelerate launch training/train.py --config training/configs/meanflow.yaml --calibrate   # FD vs exact du/dt
 
 The YAML's `stage` key picks the stage (predictor | meanflow | cfg_distill | flow_matching); flags override YAML keys. `--resume`
-continues the run in `output_dir` from its newest checkpoint, to the same state an uninterrupted run would have.
+continues the run in `output_dir` from its newest checkpoint, to the same state an uninterrupted run would have; it
+refuses a config that changes what defines the run (the model, data and objective: `training/loop.py` RUN_KEYS).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
+from training import loop  # noqa: E402
 from training.config import load_config  # noqa: E402
 
 
@@ -28,6 +30,10 @@ def main(argv: list[str] | None = None) -> dict:
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, overrides)
+    if args.resume:
+        loop.check_resume(config)  # before any model or data is loaded
+    else:
+        loop.run_record(config)  # read the model and data files as they are when the run starts
     if config.stage == "predictor":
         from training.predictor import train
     elif config.stage == "meanflow":

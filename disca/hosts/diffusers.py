@@ -449,18 +449,23 @@ def host_from_diffusers_state_dict(arch: str, config: dict, state_dict: dict[str
                             _extra_embedder(extras, "guidance_in", hidden))
 
 
+def arch_of_folder(path: str) -> str:
+    """The HunyuanVideo version of a diffusers model folder, from its config.json's class name."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise DisCaFormatError(f"{path}: a diffusers model folder needs config.json; point to the 'transformer' folder")
+    with open(config_path) as f:
+        class_name = json.load(f).get("_class_name", "")
+    arches = {cls.__name__: arch for arch, cls in _diffusers_classes().items()}
+    if class_name not in arches:
+        raise DisCaFormatError(f"{path}: config.json is for {class_name!r}, expected one of {sorted(arches)}")
+    return arches[class_name]
+
+
 def load_host(path: str, dtype: torch.dtype = torch.float32) -> HunyuanVideoHost:
     """Load a DiT from a diffusers folder (config.json + weights) or a Tencent-layout .safetensors file."""
     if os.path.isdir(path):
-        config_path = os.path.join(path, "config.json")
-        if not os.path.isfile(config_path):
-            raise DisCaFormatError(f"{path}: a diffusers model folder needs config.json; point to the 'transformer' folder")
-        with open(config_path) as f:
-            class_name = json.load(f).get("_class_name", "")
-        classes = {cls.__name__: (arch, cls) for arch, cls in _diffusers_classes().items()}
-        if class_name not in classes:
-            raise DisCaFormatError(f"{path}: config.json is for {class_name!r}, expected one of {sorted(classes)}")
-        _, cls = classes[class_name]
+        cls = _diffusers_classes()[arch_of_folder(path)]
         host = HunyuanVideoHost(cls.from_pretrained(path, torch_dtype=dtype))
         extras_path = os.path.join(path, "disca_extra_embedders.safetensors")
         if os.path.isfile(extras_path):
