@@ -1,7 +1,7 @@
 """Time and memory of one predictor-stage step on a full-size HunyuanVideo-1.0 with random weights (one GPU).
 
-    python -m training.benchmark --latent 33,60,104     # 480x832, 129 frames
-    python -m training.benchmark --latent 33,90,160     # 720x1280, 129 frames
+    python -m benchmarks.training_steps --latent 33,60,104     # 480x832, 129 frames
+    python -m benchmarks.training_steps --latent 33,90,160     # 720x1280, 129 frames
 
 Measures the three costs of `training/predictor.py` at full size: a trajectory step of the frozen bf16 DiT (forward +
 cache), an MSE step (predictor forward + backward) and a GAN step (predictor + discriminator trunk up to the deepest

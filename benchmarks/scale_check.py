@@ -1,9 +1,9 @@
 """Run the shipped accelerate configs at full width on this machine's GPUs and measure them (issues 7 and 15).
 
-    python -m training.scale_check --out runs/scale                                # predictor + 4+8-block MeanFlow
-    python -m training.scale_check --out runs/scale --parts meanflow_full_depth    # 20+40-block MeanFlow, no checkpoint
-    python -m training.scale_check --out runs/scale --meanflow_layers 2,4          # one 80 GB GPU
-    python -m training.scale_check --out runs/scale_cpu --tiny                     # CPU smoke test of this script (CI)
+    python -m benchmarks.scale_check --out runs/scale                                # predictor + 4+8-block MeanFlow
+    python -m benchmarks.scale_check --out runs/scale --parts meanflow_full_depth    # 20+40-block MeanFlow, no checkpoint
+    python -m benchmarks.scale_check --out runs/scale --meanflow_layers 2,4          # one 80 GB GPU
+    python -m benchmarks.scale_check --out runs/scale_cpu --tiny                     # CPU smoke test of this script (CI)
 
 Writes random-weight HunyuanVideo-1.0 DiTs in the Tencent layout (the full 20 + 40 blocks, and a full-width MeanFlow
 teacher of `--meanflow_layers` double,single blocks) and random full-width prompt embeddings and latents at a
@@ -29,7 +29,7 @@ starting launches the call could not finish. Random weights: the figures are for
 scale_check.json gathers every result so far; one log per launch in OUT/logs/.
 
 The launches that nothing resumes from (uninterrupted, resumed, repeat, full depth) run `training/train.py` through
-`python training/scale_check.py train`, which drops what the measurement does not use and a full-depth run cannot
+`python benchmarks/scale_check.py train`, which drops what the measurement does not use and a full-depth run cannot
 afford: checkpoints, and seven of the eight held-out samples of the before/after evaluation (two fp32 forwards each);
 the full-depth run also skips the export (a 51 GB fp32 gather into rank 0's host memory, then 26 GB written, that
 nothing reads). Everything up to the end of the last step is the stage's own code.
@@ -185,7 +185,7 @@ def launch(name: str, config: str, accelerate_config: str, processes: int, args:
            timeout: float, cpu: bool, lean: bool = False, accelerate_flags: tuple[str, ...] = ()) -> dict:
     """One `accelerate launch`; its output goes to OUT/logs/NAME.log. `lean`: through `scale_check.py train` (see the
     module docstring). The whole process group is killed at `timeout`, so no rank keeps a GPU busy afterwards."""
-    script = [str(REPO / "training" / "scale_check.py"), "train"] if lean else [str(REPO / "training" / "train.py")]
+    script = [str(REPO / "benchmarks" / "scale_check.py"), "train"] if lean else [str(REPO / "training" / "train.py")]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / accelerate_config),
                "--num_processes", str(processes), "--main_process_port", "0", *(["--cpu"] if cpu else []),
                *accelerate_flags, *script, "--config", str(CONFIGS / config), *args]

@@ -1,4 +1,4 @@
-"""`python -m training.scale_check --tiny`: the script the GPU runs of issues 7 and 15 use, end to end on the CPU with
+"""`python -m benchmarks.scale_check --tiny`: the script the GPU runs of issues 7 and 15 use, end to end on the CPU with
 tiny models.
 
 It launches training/train.py through `accelerate launch` with the shipped DDP and FSDP2 configs (on the CPU,
@@ -23,7 +23,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("scale_check")
 
     def call() -> dict[str, dict]:
-        subprocess.run([sys.executable, "-m", "training.scale_check", "--out", str(out), "--tiny", "--parts", "all",
+        subprocess.run([sys.executable, "-m", "benchmarks.scale_check", "--out", str(out), "--tiny", "--parts", "all",
                         "--predictor_steps", "4", "--meanflow_steps", "3", "--meanflow_checkpoint", "2"], check=True,
                        cwd=str(REPO), timeout=600, stdout=subprocess.DEVNULL)
         return {p.stem: json.loads(p.read_text()) for p in (out / "launches").glob("*.json")}
@@ -65,7 +65,7 @@ def test_only_the_stopped_run_writes_a_checkpoint_and_the_full_depth_run_writes_
     out, summary, first, *_ = runs
     assert "training/train.py" in first["meanflow_stopped"]["command"]
     for name in ("meanflow_uninterrupted", "meanflow_resumed", "meanflow_repeat", "meanflow_full_depth"):
-        assert "training/scale_check.py train" in first[name]["command"]
+        assert "benchmarks/scale_check.py train" in first[name]["command"]
     assert not (out / "meanflow_a" / "checkpoints").exists() and not (out / "meanflow_full" / "checkpoints").exists()
     full = summary["meanflow_full_depth"]
     assert full["ran"] == "meanflow_full_depth" and full["attempts"]["meanflow_full_depth"]["report"]["steps"] == 3
@@ -92,7 +92,7 @@ def test_the_same_command_again_skips_every_finished_launch(runs):
 
 
 def test_an_out_of_memory_point_is_read_from_the_log():
-    from training.scale_check import out_of_memory
+    from benchmarks.scale_check import out_of_memory
 
     log = "\n".join([
         "meanflow:  25%|##5       | 1/4",
@@ -119,7 +119,7 @@ def test_an_out_of_memory_point_is_read_from_the_log():
 def test_a_run_the_disk_cannot_hold_is_refused_up_front(tmp_path):
     import shutil
 
-    from training.scale_check import check_disk, parameter_count
+    from benchmarks.scale_check import check_disk, parameter_count
 
     assert parameter_count({}) == 12_821_012_544  # diffusers' defaults are HunyuanVideo-1.0: 20 + 40 blocks
     with pytest.raises(SystemExit, match="meanflow_stopped: needs .* GB are free"):
