@@ -11,6 +11,7 @@ refuses a config that changes what defines the run (the model, data and objectiv
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -34,19 +35,13 @@ def main(argv: list[str] | None = None) -> dict:
         loop.check_resume(config)  # before any model or data is loaded
     else:
         loop.run_record(config)  # read the model and data files as they are when the run starts
-    if config.stage == "predictor":
-        from training.predictor import train
-    elif config.stage == "meanflow":
-        from training.meanflow import calibrate, train
-        if args.calibrate:
-            return calibrate(config)
-    elif config.stage == "flow_matching":
-        from training.flow_matching import train
-    else:
-        from training.cfg_distill import train
+    # each stage (training.config.STAGES) is the module of its name, with train(config, resume)
+    stage = importlib.import_module(f"training.{config.stage}")
     if args.calibrate:
-        raise SystemExit("--calibrate applies to the meanflow stage only")
-    return train(config, resume=args.resume)
+        if not hasattr(stage, "calibrate"):
+            raise SystemExit(f"--calibrate applies to the meanflow stage only, not {config.stage}")
+        return stage.calibrate(config)
+    return stage.train(config, resume=args.resume)
 
 
 if __name__ == "__main__":
