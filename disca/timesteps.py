@@ -26,23 +26,17 @@ import torch
 
 TIME_SCALE = 1000.0  # sigma -> the DiT's timestep input; also the guidance multiplier
 
-_ROUNDED_DTYPES = (torch.float16, torch.bfloat16)
-
 
 def dit_time_inputs(sigma: torch.Tensor, sigma_next: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(timestep, r, guidance) as the deployed DiT embeds them, for a DiT computing in `dtype`.
 
-    sigma, sigma_next: [B] on the sigma scale (0..1), fp32 (or fp64, rounded to fp32 as ComfyUI's sigmas are);
-    guidance: [B] CFG scales (e.g. 6.0). Returns fp32 tensors holding exactly the numbers the deployed DiT embeds
-    (its sinusoidal embedding upcasts to fp32, so a bf16 6016 and an fp32 6016 embed alike); r and guidance are
-    None when not given.
+    sigma, sigma_next: [B] on the sigma scale (0..1) in fp32, the sampler's dtype (fp64 is rounded to fp32, as
+    ComfyUI's sigmas are; a bf16 or fp16 sigma has already lost what matters, 0.97826 being 0.97656 in bf16, so
+    callers keep their sigmas fp32 and this cannot repair them); guidance: [B] CFG scales (e.g. 6.0).
+    Returns fp32 tensors holding exactly the numbers the deployed DiT embeds (its sinusoidal embedding upcasts to
+    fp32, so a bf16 6016 and an fp32 6016 embed alike); r and guidance are None when not given.
     """
-    for name, value in (("sigma", sigma), ("sigma_next", sigma_next)):
-        if value is not None and value.dtype in _ROUNDED_DTYPES:
-            # 1000 * sigma in bf16 is a multiple of 4 near 1000 (978.26 -> 976): the rounding has already happened
-            raise ValueError(f"{name} is {value.dtype}; keep sigmas in fp32 (the sampler's own dtype) and let the "
-                             "DiT's inputs be cast where it takes them")
     timestep = sigma.float() * TIME_SCALE
     r = None if sigma_next is None else sigma_next.float() * TIME_SCALE
     g = None if guidance is None else (guidance.to(dtype) * TIME_SCALE).float()
