@@ -61,7 +61,7 @@ def test_on_policy_pairs_are_the_predictors_roll_outs_with_the_dit_as_target(set
     for schedule, (rollouts, pairs) in zip(schedules, on_policy):
         assert len(rollouts) == config.on_policy_rollouts
         anchors = schedule.anchor_steps(STEPS)
-        for rollout in rollouts:
+        for rollout in rollouts[:1]:  # one per schedule: each check below runs the DiT
             start = next(t for t in pool if torch.equal(t.latents[0], rollout.latents[0]))  # a training noise
             rows = {k: v[rollout.prompt:rollout.prompt + 1] for k, v in cond.items()}
             expected = sample_cached(host, start.latents[:1], sigmas, rows, anchors, mode="predictor",
@@ -104,7 +104,7 @@ def test_batches_mix_on_policy_rows_by_fraction(setup):
 
 def test_on_policy_run_reports_the_exposure_gap_and_resumes_to_the_uninterrupted_result(files, tmp_path):
     folder, paths = files
-    config = config_for(tmp_path, paths)
+    config = config_for(tmp_path, paths, max_steps=4, mse_steps=4, on_policy_rollouts=1)
     report = train(config)
     rollouts = report["rollouts"]
     assert rollouts["held_out_trajectories"] == 1
@@ -118,21 +118,19 @@ def test_on_policy_run_reports_the_exposure_gap_and_resumes_to_the_uninterrupted
     start = rollouts["initial"]["N2"]
     assert start["predictor"]["final_sample_mse"] == pytest.approx(start["reuse_cache"]["final_sample_mse"], rel=0.1)
     held_out = report["held_out"]
-    print(f"\nheld-out evaluations {report['held_out_evaluations']}; roll-outs {json.dumps(rollouts)}")
-    assert [h["step"] for h in report["held_out_evaluations"]] == [0, 2, 4, 6]
+    assert [h["step"] for h in report["held_out_evaluations"]] == [0, 2, 4]
     assert held_out["predictor_mse_best"] == min(h["predictor_mse"] for h in report["held_out_evaluations"])
 
     run = config.output_dir
     exported, _ = load_safetensors(report["predictor_file"])
-    last, _ = load_safetensors(os.path.join(run, "checkpoints", "step_6", "model.safetensors"))
-    for step in (4, 6):
-        shutil.rmtree(os.path.join(run, "checkpoints", f"step_{step}"))
+    last, _ = load_safetensors(os.path.join(run, "checkpoints", "step_4", "model.safetensors"))
+    shutil.rmtree(os.path.join(run, "checkpoints", "step_4"))
     for name in ("report.json", "predictor.safetensors"):
         os.remove(os.path.join(run, name))
     resumed = train(config, resume=True)
     again, _ = load_safetensors(resumed["predictor_file"])
-    last_again, _ = load_safetensors(os.path.join(run, "checkpoints", "step_6", "model.safetensors"))
+    last_again, _ = load_safetensors(os.path.join(run, "checkpoints", "step_4", "model.safetensors"))
     assert all(torch.equal(exported[k], again[k]) for k in exported)
-    assert all(torch.equal(last[k], last_again[k]) for k in last)  # steps 5-6 drew from the same roll-outs
+    assert all(torch.equal(last[k], last_again[k]) for k in last)  # steps 3-4 drew from the same roll-outs
     assert resumed["held_out"] == held_out
     assert json.loads(json.dumps(resumed["rollouts"]["exported"])) == rollouts["exported"]

@@ -518,6 +518,10 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
 
     rank_difference = loop.max_rank_difference(accelerator, predictor)
     held_out = selection.summary()
+    if config.mse_steps < config.max_steps and held_out["best_step"] <= config.mse_steps:
+        # the adversarial term trades held-out MSE for sharper outputs, and the selection goes by MSE
+        logger.warning("predictor: no GAN-phase evaluation beat step %d's held-out MSE, so the exported weights are "
+                       "from before the GAN phase", held_out["best_step"])
     rollouts = {"held_out_trajectories": len(rollout_pool), "initial": selection.rollout_initial}
     if rollout_pool and held_out["best_step"] != held_out["final_step"]:  # what the last weights would have given
         with accelerator.autocast():
