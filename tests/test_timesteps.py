@@ -96,7 +96,9 @@ def test_trajectory_pool_feeds_the_deployments_timesteps_and_guidance(arch, dtyp
     for trajectory in pool:
         x = trajectory.latents
         assert x.dtype == torch.float32
-        for i in range(19):  # ComfyUI's sample_euler on fp32 x with the output upcast (model_output.float())
+        # the Euler update in fp32 on the upcast output: the official scheduler's x + dt u (ComfyUI's sample_euler
+        # reaches the same through its fp32 denoised, to fp32 rounding)
+        for i in range(19):
             torch.testing.assert_close(x[i + 1], x[i] + (sigmas[i + 1] - sigmas[i]) * trajectory.velocities[i].float(),
                                        rtol=0, atol=2e-7)
     with _autocast(dtype):
