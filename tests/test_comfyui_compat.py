@@ -53,6 +53,19 @@ def _comfy_layout_copy(comfyui, model, name):
     return save(comfyui.models_dir / "diffusion_models" / name, state)
 
 
+def check_against_full_precision(comfyui, label, runs, full_model, same_values_model, predictor, arch, tolerance):
+    """The quantized model's DisCa N2 run is within `tolerance` (the quantization) of the same run on the
+    full-precision weights, and equal to float ordering to the run on its own values stored unquantized: DisCa adds
+    nothing to the weights' rounding."""
+    full = disca_runs(comfyui, full_model, predictor, arch)
+    same = disca_runs(comfyui, same_values_model, predictor, arch)
+    vs_full, vs_same = relative(runs.n2, full.n2), relative(runs.n2, same.n2)
+    print(f"{label}: N2 vs N2 on full-precision weights {vs_full:.2e} (stock {relative(runs.stock, full.stock):.2e}); "
+          f"N2 vs N2 on the same values unquantized {vs_same:.2e}")
+    assert vs_full <= tolerance
+    assert vs_same <= SAME_WEIGHTS_TOLERANCE
+
+
 # --------------------------------------------------------------------------------------------------
 # 1. fp8 weights (DisCa Load Distilled Model, weight_dtype fp8_e4m3fn)
 
@@ -67,15 +80,10 @@ def test_fp8_weight_dtype_works(comfyui, arch):
     runs = disca_runs(comfyui, fp8, predictor, arch)
     check_disca_on(runs, f"{arch} fp8")
 
-    full = disca_runs(comfyui, _load(comfyui, CASES[arch]["dit"]), predictor, arch)
-    same = disca_runs(comfyui, _load(comfyui, _comfy_layout_copy(comfyui, fp8, f"{arch}_fp8_values.safetensors")),
-                      predictor, arch)
-    vs_full, vs_same = relative(runs.n2, full.n2), relative(runs.n2, same.n2)
-    stock_vs_full = relative(runs.stock, full.stock)
-    print(f"{arch} fp8: N2 vs N2 on fp32 weights {vs_full:.2e} (stock fp8 vs stock fp32 {stock_vs_full:.2e}); "
-          f"N2 vs N2 on the fp8 values in fp32 {vs_same:.2e}")
-    assert vs_full <= FP8_TOLERANCE
-    assert vs_same <= SAME_WEIGHTS_TOLERANCE  # DisCa adds nothing to the weights' rounding
+    check_against_full_precision(
+        comfyui, f"{arch} fp8", runs, _load(comfyui, CASES[arch]["dit"]),
+        _load(comfyui, _comfy_layout_copy(comfyui, fp8, f"{arch}_fp8_values.safetensors")), predictor, arch,
+        FP8_TOLERANCE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,15 +100,10 @@ def test_scaled_fp8_fused_layout_works(comfyui):
     runs = disca_runs(comfyui, model, predictor, arch)
     check_disca_on(runs, "hv10 scaled fp8")
 
-    full = disca_runs(comfyui, _load(comfyui, CASES[arch]["dit"]), predictor, arch)
-    same = disca_runs(comfyui, _load(comfyui, save(comfyui.models_dir / "diffusion_models" /
-                                                   "tiny_hv10_fp8_scaled_dequantized.safetensors", dequantized)),
-                      predictor, arch)
-    vs_full, vs_same = relative(runs.n2, full.n2), relative(runs.n2, same.n2)
-    print(f"hv10 scaled fp8: N2 vs N2 on fp32 weights {vs_full:.2e} (stock {relative(runs.stock, full.stock):.2e}); "
-          f"N2 vs N2 on fp8 * scale in fp32 {vs_same:.2e}")
-    assert vs_full <= SCALED_FP8_TOLERANCE
-    assert vs_same <= SAME_WEIGHTS_TOLERANCE  # every scale applied
+    check_against_full_precision(  # the unquantized run has every scale applied
+        comfyui, "hv10 scaled fp8", runs, _load(comfyui, CASES[arch]["dit"]),
+        _load(comfyui, save(comfyui.models_dir / "diffusion_models" / "tiny_hv10_fp8_scaled_dequantized.safetensors",
+                            dequantized)), predictor, arch, SCALED_FP8_TOLERANCE)
 
 
 def test_scaled_fp8_with_split_qkv_is_refused(comfyui):
@@ -163,15 +166,11 @@ def test_scaled_fp8_hv15_in_comfyui_layout_works(comfyui):
                                     scaled))
     runs = disca_runs(comfyui, quantized, predictor, arch)
     check_disca_on(runs, "hv15 scaled fp8, ComfyUI layout")
-    full = disca_runs(comfyui, model, predictor, arch)
-    same = disca_runs(comfyui, _load(comfyui, save(comfyui.models_dir / "diffusion_models" /
-                                                   "tiny_hv15_fp8_scaled_comfy_dequantized.safetensors", dequantized)),
-                      predictor, arch)
-    vs_full, vs_same = relative(runs.n2, full.n2), relative(runs.n2, same.n2)
-    print(f"hv15 scaled fp8 (ComfyUI layout): N2 vs N2 on fp32 weights {vs_full:.2e} "
-          f"(stock {relative(runs.stock, full.stock):.2e}); N2 vs N2 on fp8 * scale in fp32 {vs_same:.2e}")
-    assert vs_full <= SCALED_FP8_TOLERANCE
-    assert vs_same <= SAME_WEIGHTS_TOLERANCE
+    check_against_full_precision(
+        comfyui, "hv15 scaled fp8 (ComfyUI layout)", runs, model,
+        _load(comfyui, save(comfyui.models_dir / "diffusion_models" /
+                            "tiny_hv15_fp8_scaled_comfy_dequantized.safetensors", dequantized)),
+        predictor, arch, SCALED_FP8_TOLERANCE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,12 +247,7 @@ def test_gguf_works(comfyui, gguf_loader, block_type, tolerance, caplog):
         apply(comfyui, model, other)
     assert "weights are quantized (fp8, GGUF, ...)" in caplog.text and "trained on a base model" not in caplog.text
 
-    full = disca_runs(comfyui, _load(comfyui, CASES[arch]["dit"]), predictor, arch)
-    same = disca_runs(comfyui, _load(comfyui, save(comfyui.models_dir / "diffusion_models" /
-                                                   f"tiny_hv10_{block_type.lower()}_dequantized.safetensors",
-                                                   gguf_dequantized(dit, block_type))), predictor, arch)
-    vs_full, vs_same = relative(runs.n2, full.n2), relative(runs.n2, same.n2)
-    print(f"hv10 GGUF {block_type}: N2 vs N2 on the fp32 safetensors {vs_full:.2e} "
-          f"(stock {relative(runs.stock, full.stock):.2e}); N2 vs N2 on the dequantized GGUF weights {vs_same:.2e}")
-    assert vs_full <= tolerance
-    assert vs_same <= SAME_WEIGHTS_TOLERANCE
+    check_against_full_precision(
+        comfyui, f"hv10 GGUF {block_type}", runs, _load(comfyui, CASES[arch]["dit"]),
+        _load(comfyui, save(comfyui.models_dir / "diffusion_models" / f"tiny_hv10_{block_type.lower()}_dequantized"
+                            ".safetensors", gguf_dequantized(dit, block_type))), predictor, arch, tolerance)
