@@ -219,8 +219,10 @@ PREDICTOR_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16,
 
 def predictor_dtype(model_patcher, choice: str = "auto") -> torch.dtype:
     """The predictor's compute dtype. 'auto': the DiT's compute dtype, except fp16, where it is bf16 (fp32 on a
-    device without bf16): the official predictors are trained in bf16, and the fused cache carries the last block's
-    residual stream, whose magnitudes fp16's range (65504) is not made for. Casts happen at the predictor's edges."""
+    device without bf16): the official predictors are trained in bf16, and bf16 keeps fp32's exponent range for the
+    fused cache (the last block's residual stream), whose range with trained weights cannot be measured here; on a
+    random full-size HunyuanVideo-1.5 fp16 stayed far below its limit (benchmarks/predictor_dtype.py). Casts happen at
+    the predictor's edges."""
     if choice not in PREDICTOR_DTYPES:
         raise ValueError(f"predictor_dtype must be one of {sorted(PREDICTOR_DTYPES)}, got {choice!r}")
     if PREDICTOR_DTYPES[choice] is not None:
