@@ -10,7 +10,8 @@ teacher of `--meanflow_layers` double,single blocks) and random full-width promp
 reduced resolution, then runs the stages through `accelerate launch` as a creator would. Parts (`--parts`, comma-
 separated; `meanflow` names the four launches on the `--meanflow_layers` DiT, `all` every part):
 
-- predictor: `accelerate_ddp.yaml`, the full DiT; MSE then GAN steps; step time, peak memory per GPU, replicas compared.
+- predictor: `accelerate_ddp.yaml`, the full DiT; MSE then GAN steps; step time, peak memory per GPU, replicas
+  compared; held-out MSE against cache and output reuse every `--predictor_steps` / 10 steps.
 - meanflow_uninterrupted / _stopped / _resumed / _repeat: `accelerate_fsdp2.yaml` (sharded student and teacher,
   finite-difference du/dt) to `--meanflow_steps`; stopped at `--meanflow_checkpoint` (the sharded checkpoint, its size
   reported); `--resume`d from it to the end; the uninterrupted run again. The resumed run's exported DiT and losses
@@ -363,9 +364,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "--model", full_model["path"], "--prompts", data["prompts"], "--output_dir", str(run_dir),
                 "--latent_shape", ",".join(map(str, latent)), "--steps", "8", "--schedules", "N2;N3;N4",
                 "--held_out_prompts", "1", "--max_steps", str(args.predictor_steps), "--mse_steps", str(mse_steps),
-                "--checkpoint_every", str(args.predictor_steps), "--log_every", "1"], out, left, cpu)
-            record |= {"model": full_model,
-                       "report": summary_of(report_of(run_dir), RUN_KEYS + ("held_out",))}
+                "--eval_every", str(max(1, args.predictor_steps // 10)), "--checkpoint_every", str(args.predictor_steps),
+                "--log_every", "1"], out, left, cpu)
+            record |= {"model": full_model, "report": summary_of(report_of(run_dir), RUN_KEYS + (
+                "held_out", "held_out_evaluations", "rollouts"))}
             launches.put("predictor_ddp", record)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             save_summary()

@@ -6,7 +6,7 @@ import torch
 from disca.sampling import distilled, euler_step, guided, sample_cached, sample_euler
 from disca.schedules import flow_sigmas
 from training.tiny import TINY_LATENT, tiny_conditioning, tiny_host
-from training.predictor import guidance_for
+from training.batches import guidance_for
 
 
 @pytest.fixture(scope="module")

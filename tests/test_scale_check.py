@@ -44,6 +44,11 @@ def test_predictor_stage_runs_through_the_ddp_config(runs):
     assert report["steps"] == 4 and report["rank_param_max_abs_diff"] == 0.0
     assert "adv" in report["last_losses"][-1]  # the last steps are GAN steps
     assert report["step_seconds_median"] > 0
+    # held-out evaluations every predictor_steps // 10 steps (here every step), the exported weights the best of them
+    evaluations, held_out = report["held_out_evaluations"], report["held_out"]
+    assert [e["step"] for e in evaluations] == [0, 1, 2, 3, 4]
+    assert held_out["predictor_mse_best"] == min(e["predictor_mse"] for e in evaluations)
+    assert held_out["cache_reuse_mse"] > 0 and report["rollouts"]["exported"]
 
 
 def test_stopped_and_resumed_meanflow_run_ends_where_the_uninterrupted_one_ends(runs):

@@ -110,7 +110,8 @@ def test_trajectory_pool_feeds_the_deployments_timesteps_and_guidance(arch, dtyp
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_training_batches_feed_the_deployments_timesteps_and_guidance(dtype):
     """A training batch (`draw_batch`) keeps sigmas and states fp32; the predicted step feeds ComfyUI's values."""
-    from training.predictor import Trajectory, _predicted, draw_batch, guidance_for
+    from training.batches import guidance_for
+    from training.predictor import Trajectory, _predicted, draw_batch
 
     arch = ARCH_HV10
     host = _host(arch, dtype)

@@ -17,7 +17,7 @@ from disca.formats import ARCH_HV10, ARCH_HV15
 from disca.hosts.diffusers import predictor_from_dit
 from disca.sampling import euler_step
 from training.discriminator import FeatureDiscriminator, default_taps, hinge_generator_loss, trunk_features
-from training.predictor import guidance_for
+from training.batches import guidance_for
 from training.tiny import randomize_, tiny_conditioning, tiny_host, tiny_latents
 
 

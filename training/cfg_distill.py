@@ -19,7 +19,7 @@ from training import loop
 from training.config import CFGDistillConfig
 from training.data import load_negative_prompt, load_video_set
 from training.export import finish_distillation
-from training.predictor import select_rows
+from training.batches import select_rows
 
 EVAL_BATCH = 8
 
@@ -54,7 +54,7 @@ def train(config: CFGDistillConfig, resume: bool = False) -> dict:
         t = loop.shifted_times(generator, batch, config.shift).to(device)
         scale = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch, generator=generator)
         _, _, x_t = loop.noised(latents, rows, t, generator, device)
-        rows_cond = {k: v.to(device) for k, v in select_rows(cond, rows).items()}
+        rows_cond = select_rows(cond, rows, device)
         rows_negative = {k: v.expand(batch, *v.shape[1:]).to(device) for k, v in negative.items()}
         return x_t, t, scale.to(device), rows_cond, rows_negative
 

@@ -20,7 +20,7 @@ from training import loop
 from training.config import FlowMatchingConfig
 from training.data import load_negative_prompt, load_video_set
 from training.export import finish_distillation
-from training.predictor import select_rows
+from training.batches import select_rows
 
 EVAL_BATCH = 8
 
@@ -49,7 +49,7 @@ def train(config: FlowMatchingConfig, resume: bool = False) -> dict:
         t = loop.shifted_times(generator, batch, config.shift).to(device)
         dropped = torch.rand(batch, generator=generator) < config.prompt_dropout
         x0, noise, x_t = loop.noised(latents, rows, t, generator, device)
-        rows_cond = {k: v.to(device) for k, v in select_rows(cond, rows).items()}
+        rows_cond = select_rows(cond, rows, device)
         return x_t, t, noise - x0, drop_prompts(rows_cond, negative, dropped.to(device))
 
     def compute_losses(step: int, generator: torch.Generator) -> dict:

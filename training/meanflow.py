@@ -27,7 +27,7 @@ from training import loop
 from training.config import MeanFlowConfig
 from training.data import load_video_set
 from training.export import finish_distillation
-from training.predictor import guidance_for, select_rows
+from training.batches import guidance_for, select_rows
 
 logger = logging.getLogger(__name__)
 CALIBRATION_EPSILONS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
@@ -113,7 +113,7 @@ def _draw(config, cond, latents, generator, device, batch):
     t, r = sample_t_r(generator, batch, config.R, config.boundary_fraction, config.shift)
     t, r = t.to(device), r.to(device)
     _, _, x_t = loop.noised(latents, rows, t, generator, device)
-    return x_t, t, r, {k: v.to(device) for k, v in select_rows(cond, rows).items()}
+    return x_t, t, r, select_rows(cond, rows, device)
 
 
 def train(config: MeanFlowConfig, resume: bool = False) -> dict:

@@ -33,6 +33,7 @@ from disca.hosts.diffusers import DiffusersPredictor, HunyuanVideoHost, load_hos
 from disca.schedules import flow_sigmas
 from disca.sampling import distilled, euler_step, sample_cached
 from training import loop
+from training.batches import guidance_for, select_rows, to_device
 from training.config import PredictorConfig
 from training.data import DataError, load_embeddings, load_references, with_image_condition
 from training.discriminator import (FeatureDiscriminator, default_taps, hinge_discriminator_loss, hinge_generator_loss,
@@ -50,14 +51,6 @@ class Trajectory:
     latents: torch.Tensor  # [S, C, F, H, W] inputs x_0 .. x_{S-1}
     velocities: torch.Tensor  # [S, C_out, F, H, W]
     caches: tuple[torch.Tensor, ...]  # each [S, L, D]
-
-
-def select_rows(cond: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
-    return {k: v[rows] for k, v in cond.items()}
-
-
-def guidance_for(host: HunyuanVideoHost, scale: float, batch: int, device) -> torch.Tensor | None:
-    return torch.full((batch,), scale, device=device) if host.is_guidance_embedded else None
 
 
 @torch.no_grad()
@@ -107,7 +100,7 @@ def build_pool(host, cond, prompts: list[int], config: PredictorConfig, seed_off
         noise = torch.cat([torch.randn(1, channels, *config.latent_shape, generator=torch.Generator().manual_seed(
             config.seed * 7919 + seed_offset + prompt * 101 + k)) for prompt, k in chunk]).to(device, host.dtype)
         rows = [prompt for prompt, _ in chunk]
-        rows_cond = {k: v.to(device) for k, v in select_rows(cond, rows).items()}
+        rows_cond = select_rows(cond, rows, device)
         pool += sample_trajectories(host, rows_cond, noise, sigmas, config.guidance, rows, store)
     return pool
 
@@ -125,21 +118,7 @@ def draw_batch(pool: list[Trajectory], pairs, cond, sigmas, generator: torch.Gen
         "sigma_next": sigmas[[j + 1 for j in steps]],
         "cond": select_rows(cond, [t.prompt for t, _ in picks]),
     }
-    return _to(batch, device, dtype)
-
-
-# batch entries that stay fp32 whatever the DiT's dtype: the sampler's state and its sigmas (`disca.timesteps`)
-_FP32_KEYS = ("latents", "sigma", "sigma_next")
-
-
-def _to(value, device, dtype, key: str | None = None):
-    if isinstance(value, dict):
-        return {k: _to(v, device, dtype, k) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_to(v, device, dtype, key) for v in value)
-    if not value.is_floating_point():
-        return value.to(device)
-    return value.to(device, torch.float32 if key in _FP32_KEYS else dtype)
+    return to_device(batch, device, dtype)
 
 
 def discriminator_input(batch: dict, velocity: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,6 +138,39 @@ def _predicted(host, predictor, batch, guidance):
                         batch["sigma_next"] if host.is_meanflow else None, guidance)
 
 
+def step_losses(host, predictor, discriminator, taps, batch: dict, guidance, *, gan: bool, disc_input: str,
+                adv_weight: float, backward, autocast, segment_blocks: int | None = None) -> dict:
+    """One training step's losses, back-propagated (the caller clips and steps the optimizers).
+
+    The predictor gets MSE to the DiT's output, plus in the GAN phase `adv_weight` x the hinge generator loss of its
+    output judged through the frozen trunk; then the discriminator gets its hinge loss on real vs fake. `backward`
+    and `autocast` (a context-manager factory) are the accelerator's, or plain torch's in `benchmarks/training_steps.py`.
+    """
+    losses = {}
+    with autocast():
+        predicted = _predicted(host, predictor, batch, guidance)
+        losses["mse"] = (predicted.float() - batch["target"].float()).pow(2).mean()
+        loss_p = losses["mse"]
+        if gan:
+            fake, judged_at = discriminator_input(batch, predicted, disc_input)
+            fake_logits = discriminator(trunk_features(host, taps, fake, judged_at, batch["cond"], guidance,
+                                                       segment_blocks))
+            losses["adv"] = hinge_generator_loss(fake_logits)
+            loss_p = loss_p + adv_weight * losses["adv"]
+    backward(loss_p)
+    if gan:
+        # the predictor loss also reached the heads; the discriminator learns only from its own loss
+        discriminator.zero_grad(set_to_none=True)
+        with autocast():
+            with torch.no_grad():
+                real, _ = discriminator_input(batch, batch["target"], disc_input)
+                real_features = trunk_features(host, taps, real, judged_at, batch["cond"], guidance)
+                fake_features = trunk_features(host, taps, fake.detach(), judged_at, batch["cond"], guidance)
+            losses["disc"] = hinge_discriminator_loss(discriminator(real_features), discriminator(fake_features))
+        backward(losses["disc"])
+    return losses
+
+
 @torch.no_grad()
 def evaluate(host, predictor, pool: list[Trajectory], pairs, cond, sigmas, guidance: float, device, dtype,
              baselines: bool = True) -> dict:
@@ -170,7 +182,7 @@ def evaluate(host, predictor, pool: list[Trajectory], pairs, cond, sigmas, guida
     count = 0
     for trajectory in pool:
         for anchor, step in pairs:
-            batch = _to({"latents": trajectory.latents[step:step + 1], "target": trajectory.velocities[step:step + 1],
+            batch = to_device({"latents": trajectory.latents[step:step + 1], "target": trajectory.velocities[step:step + 1],
                          "anchor_velocity": trajectory.velocities[anchor:anchor + 1],
                          "cache": tuple(c[anchor:anchor + 1] for c in trajectory.caches),
                          "sigma": sigmas[step:step + 1], "sigma_next": sigmas[step + 1:step + 2],
@@ -213,7 +225,7 @@ def roll_out(host, mode: str, predictor, starts: list[Trajectory], anchors, cond
     `targets`: run the frozen DiT at every predicted state too (one more DiT call per predicted step)."""
     anchors = frozenset(anchors)
     noise = torch.stack([t.latents[0] for t in starts]).to(device)
-    rows = {k: v.to(device) for k, v in select_rows(cond, [t.prompt for t in starts]).items()}
+    rows = select_rows(cond, [t.prompt for t in starts], device)
     dit = distilled(host, rows, guidance)
     seen = []
 
@@ -480,27 +492,8 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
         batch = draw_training_batch(pool, pairs, on_policy, config.on_policy_fraction, cond, sigmas, generator,
                                     config.batch_size, device, dtype)
         g = guidance_for(host, config.guidance, config.batch_size, device)
-        losses = {}
-        with accelerator.autocast():
-            predicted = _predicted(host, predictor, batch, g)
-            losses["mse"] = (predicted.float() - batch["target"].float()).pow(2).mean()
-            loss_p = losses["mse"]
-            if gan:
-                fake, judged_at = discriminator_input(batch, predicted, config.disc_input)
-                fake_logits = discriminator(trunk_features(host, taps, fake, judged_at, batch["cond"], g))
-                losses["adv"] = hinge_generator_loss(fake_logits)
-                loss_p = loss_p + config.adv_weight * losses["adv"]
-        accelerator.backward(loss_p)
-        if gan:
-            # the predictor loss also reached the heads; the discriminator learns only from its own loss
-            opt_d.zero_grad(set_to_none=True)
-            with accelerator.autocast():
-                with torch.no_grad():
-                    real, _ = discriminator_input(batch, batch["target"], config.disc_input)
-                    real_features = trunk_features(host, taps, real, judged_at, batch["cond"], g)
-                    fake_features = trunk_features(host, taps, fake.detach(), judged_at, batch["cond"], g)
-                losses["disc"] = hinge_discriminator_loss(discriminator(real_features), discriminator(fake_features))
-            accelerator.backward(losses["disc"])
+        losses = step_losses(host, predictor, discriminator, taps, batch, g, gan=gan, disc_input=config.disc_input,
+                             adv_weight=config.adv_weight, backward=accelerator.backward, autocast=accelerator.autocast)
         values = loop.gather_losses(accelerator, losses)
         loop.stop_if_diverged(accelerator, config, state, values, selection.save)
         values["grad_norm"] = loop.clip_grad(accelerator, predictor, config.grad_clip)
