@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -16,9 +17,14 @@ from .schedules import AnchorSchedule
 
 log = logging.getLogger("disca")
 
-MODE_PREDICTOR = "predictor"
-MODE_REUSE_OUTPUT = "reuse_output"
-MODES = (MODE_PREDICTOR, MODE_REUSE_OUTPUT)
+# How a step that is not an anchor gets its output. The learned predictor and cache reuse store the anchor's last
+# hidden state and ask the host to finish the step from it; output reuse and Taylor store outputs and need no host.
+MODE_PREDICTOR = "predictor"        # DisCa: the predictor maps (current tokens, cache) to the last hidden state
+MODE_REUSE_OUTPUT = "reuse_output"  # training-free: the last anchor's output, unchanged (FORA-style)
+MODE_REUSE_CACHE = "reuse_cache"    # training-free: the anchor's last hidden state through this step's final layer
+MODE_TAYLOR = "taylor"              # training-free: first-order extrapolation in time from the last two anchors
+MODES = (MODE_PREDICTOR, MODE_REUSE_OUTPUT, MODE_REUSE_CACHE, MODE_TAYLOR)
+HIDDEN_STATE_MODES = (MODE_PREDICTOR, MODE_REUSE_CACHE)
 CACHE_ON_COMPUTE_DEVICE = "compute_device"
 CACHE_ON_CPU = "cpu"
 CACHE_DEVICES = (CACHE_ON_COMPUTE_DEVICE, CACHE_ON_CPU)
@@ -33,8 +39,8 @@ class DisCaConfig:
     """How DisCa runs a model.
 
     schedule: which steps run the full model (anchors); the others are predicted.
-    mode: "predictor" runs the learned predictor on predicted steps (DisCa). "reuse_output" returns the last
-        anchor's model output unchanged: the training-free cache baseline, for A/B comparisons only.
+    mode: "predictor" runs the learned predictor on predicted steps (DisCa); "reuse_output", "reuse_cache" and
+        "taylor" are the training-free caches (see MODES), for A/B comparisons.
     cache_device: "compute_device" keeps the cache where the model runs (fastest). "cpu" parks it in host
         memory between anchor and predicted steps: saves its size in VRAM, costs two copies per predicted step.
     """
@@ -105,6 +111,14 @@ class CacheStore:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self._entries.values() for t in ts)
+
+
+def _extrapolate(stored: tuple[torch.Tensor, ...], time: torch.Tensor) -> torch.Tensor:
+    """u(t) = u_a + (t - t_a) (u_a - u_b) / (t_a - t_b) from the last anchor a and the one before it, b; fp32."""
+    u_a, t_a, u_b, t_b = stored
+    shape = (-1, *([1] * (u_a.ndim - 1)))
+    slope = (u_a - u_b) / (t_a - t_b).reshape(shape)
+    return u_a + (time.float() - t_a).reshape(shape) * slope
 
 
 def _copy_to_host(tensor: torch.Tensor) -> torch.Tensor:
@@ -195,6 +209,53 @@ class DisCaRun:
 
     def is_anchor(self, step: int) -> bool:
         return step in self.anchors
+
+    def call(self, uuids: UuidKey, x: torch.Tensor, time: torch.Tensor, full_step: Callable, cached_step: Callable):
+        """One model call of the run, the same for every host: a full step on anchors (and wherever nothing is
+        cached), else the mode's cached step.
+
+        x: the call's input (only its device, dtype and shape are read); time: [B] timesteps, any linear function of
+        sigma (Taylor extrapolates in it). `full_step(capture)` runs the full model and returns (output, the last
+        block's hidden tokens as a tuple, or None when `capture` is False); `cached_step(hidden)` finishes a step from
+        stored hidden tokens (hidden-state modes only). Returns the step's output.
+        """
+        self.check_signature(x)
+        step = self.register_call(uuids)
+        stored = None if self.is_anchor(step) else self.cache.get(uuids, x.device)
+        if stored is None:
+            if not self.is_anchor(step):
+                log.warning("DisCa: no cache for step %d (conds %s); running the full model", step, uuids)
+            return self._full_step(step, uuids, x, time, full_step)
+        started = self.stats.timer.start(x.device)
+        mode = self.config.mode
+        if mode in HIDDEN_STATE_MODES:
+            out = cached_step(stored)
+        elif mode == MODE_REUSE_OUTPUT or len(stored) == 2:  # Taylor with one anchor so far: reuse it
+            out = stored[0]
+        else:
+            out = _extrapolate(stored, time)
+        self.stats.timer.stop("predicted", started)
+        self.stats.predicted_steps.add(step)
+        self.stats.predicted_calls += 1
+        return out
+
+    def _full_step(self, step: int, uuids: UuidKey, x: torch.Tensor, time: torch.Tensor, full_step: Callable):
+        mode = self.config.mode
+        previous = self.cache.get(uuids, x.device) if mode == MODE_TAYLOR else None
+        self.cache.discard(uuids)  # before the forward: the stale cache must not raise the step's peak memory
+        started = self.stats.timer.start(x.device)
+        out, hidden = full_step(mode in HIDDEN_STATE_MODES)
+        if mode in HIDDEN_STATE_MODES:
+            self.cache.put(uuids, hidden)
+        elif mode == MODE_REUSE_OUTPUT:
+            self.cache.put(uuids, (out.detach().clone(),))
+        else:  # Taylor keeps (output, time) of the last two anchors, in fp32
+            latest = (out.detach().float(), time.detach().float().clone())
+            self.cache.put(uuids, latest + (previous[:2] if previous is not None else ()))
+        self.stats.timer.stop("full", started)
+        self.stats.full_steps.add(step)
+        self.stats.full_calls += 1
+        return out
 
     def check_signature(self, x: torch.Tensor) -> None:
         """A change of device, dtype or latent shape within a run invalidates the cache (EasyCache does the same)."""

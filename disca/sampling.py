@@ -17,18 +17,20 @@ fp32.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Iterable
 
 import torch
 
-# how a non-anchor step gets its output in `sample_cached`
-CACHED_MODES = (
-    "predictor",     # DisCa: the learned predictor maps (current tokens, anchor cache) to the last hidden state
-    "reuse_output",  # training-free: the anchor step's output, unchanged (FORA-style reuse)
-    "reuse_cache",   # training-free: the anchor's last hidden state through the current step's final layer (what an
-                     # untrained DisCa predictor starts from, training/predictor.py)
-    "taylor",        # training-free: first-order extrapolation in sigma from the last two anchors (TaylorSeer-style)
-)
+from .predictor import predictor_bytes
+from .runtime import MODE_PREDICTOR, MODES, DisCaConfig, DisCaRun
+from .schedules import AnchorSchedule
+
+log = logging.getLogger("disca")
+BATCH_KEY = ("batch",)  # the runtime keys its cache by the conds of a call; here every call is the whole batch
+
+# how a non-anchor step gets its output in `sample_cached`: the runtime's modes (`disca.runtime.MODES`)
+CACHED_MODES = MODES
 
 
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
@@ -72,42 +74,47 @@ def distilled(host, cond: dict, guidance: float | None = None) -> Callable:
 
 @torch.no_grad()
 def sample_cached(host, noise: torch.Tensor, sigmas: torch.Tensor, cond: dict, anchors: Iterable[int], *,
-                  mode: str = "predictor", predictor: torch.nn.Module | None = None,
-                  guidance: float | None = None, on_step: Callable | None = None) -> torch.Tensor:
-    """DisCa's alternation on a distilled host: anchor steps run the full DiT (and refresh the cache), the others
-    get their output from `mode` (CACHED_MODES). Step 0 must be an anchor: nothing is cached before it.
+                  mode: str = MODE_PREDICTOR, predictor: torch.nn.Module | None = None,
+                  guidance: float | None = None, on_step: Callable | None = None,
+                  log_summary: bool = False) -> torch.Tensor:
+    """DisCa's alternation on a distilled host, through the runtime every host uses (`disca.runtime.DisCaRun`):
+    anchor steps run the full DiT (and refresh the cache), the others get their output from `mode`. Step 0 must be
+    an anchor: nothing is cached before it.
 
     `on_step(i, x, sigma, sigma_next, velocity, cache)`, if given, sees every step's input, times, the output the step
-    uses and the cache it was computed from, before the Euler update (the trainer builds on-policy pairs from these)."""
-    anchors = frozenset(anchors)
+    uses and the last anchor's hidden state, before the Euler update (the trainer builds on-policy pairs from these).
+    `log_summary` logs the run's summary (steps, times, cache size) at the end, as the ComfyUI host does."""
+    anchors = tuple(sorted(set(anchors)))
     if 0 not in anchors:
-        raise ValueError(f"anchors {sorted(anchors)} must include step 0: a cached step needs an anchor before it")
+        raise ValueError(f"anchors {list(anchors)} must include step 0: a cached step needs an anchor before it")
     if mode not in CACHED_MODES:
         raise ValueError(f"mode must be one of {CACHED_MODES}, got {mode!r}")
-    if mode == "predictor" and predictor is None:
+    if mode == MODE_PREDICTOR and predictor is None:
         raise ValueError("mode 'predictor' needs the predictor module")
     x, batch = noise.float(), noise.shape[0]
     sigmas = sigmas.to(noise.device, torch.float32)
-    cache = None
-    history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sigma, output) of the last two anchors
+    run = DisCaRun(DisCaConfig(AnchorSchedule(anchors=anchors), mode=mode), len(sigmas) - 1,
+                   predictor_bytes(predictor) if predictor is not None else 0)
+    latest = {}  # the last anchor's hidden state, for on_step (the runtime keeps only what the mode needs)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
         g = torch.full_like(sigma, guidance) if host.is_guidance_embedded else None
         r = _r(host, sigma_next)
-        if i in anchors:
-            velocity, cache = host.forward_with_cache(x, sigma, cond, r, g)
-            history = (history + [(sigma, velocity.float())])[-2:]  # the Taylor extrapolation runs in fp32
-        elif mode == "predictor":
-            velocity = host.predict(predictor, x, sigma, cond, cache, r, g)
-        elif mode == "reuse_cache":
-            velocity = host.reuse_cache(x, sigma, cond, cache, r, g)
-        elif mode == "reuse_output" or len(history) < 2:
-            velocity = history[-1][1]
-        else:
-            (sigma_b, u_b), (sigma_a, u_a) = history
-            slope = (u_a - u_b) / (sigma_a - sigma_b).reshape(-1, *([1] * (x.ndim - 1)))
-            velocity = u_a + (sigma - sigma_a).reshape(-1, *([1] * (x.ndim - 1))) * slope
+
+        def full_step(capture):
+            velocity, latest["cache"] = host.forward_with_cache(x, sigma, cond, r, g)
+            return velocity, latest["cache"]
+
+        def cached_step(cache):
+            if mode == MODE_PREDICTOR:
+                return host.predict(predictor, x, sigma, cond, cache, r, g)
+            return host.reuse_cache(x, sigma, cond, cache, r, g)
+
+        velocity = run.call(BATCH_KEY, x, sigma, full_step, cached_step)
         if on_step is not None:
-            on_step(i, x, sigma, sigma_next, velocity, cache)
-        x = euler_step(x, velocity, sigma, sigma_next)
+            on_step(i, x, sigma, sigma_next, velocity, latest["cache"])
+        x = euler_step(x, velocity.float(), sigma, sigma_next)
+        run.step_finished(i)
+    if log_summary:
+        log.info(run.summary())
     return x

@@ -41,7 +41,7 @@ class DisCaApply(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A distilled HunyuanVideo 1.0 or 1.5 model."),
                 DisCaPredictor.Input("predictor", optional=True,
-                                     tooltip="The DisCa predictor for this base model. Not needed in reuse_output mode."),
+                                     tooltip="The DisCa predictor for this base model. Only the predictor mode needs it."),
                 io.DynamicCombo.Input("schedule", tooltip=(
                     "Which steps run the full model. Official lists are tied to their step count (t2v: 20 steps, "
                     "i2v: 8); N2..N4 and 'interval' run the full model every Nth step of any count; 'step_list' "
@@ -59,8 +59,10 @@ class DisCaApply(io.ComfyNode):
                     ]),
                 ]),
                 io.Combo.Input("mode", options=list(MODES), default=MODES[0],
-                               tooltip="predictor: DisCa. reuse_output: repeat the last anchor's output instead "
-                                       "(training-free cache, for A/B comparisons)."),
+                               tooltip="predictor: DisCa. Training-free caches, for A/B comparisons: reuse_output repeats "
+                                       "the last anchor's output; reuse_cache runs the anchor's last hidden state "
+                                       "through this step's final layer (an untrained predictor); taylor "
+                                       "extrapolates the output linearly in time from the last two anchors."),
                 io.Combo.Input("cache_device", options=list(CACHE_DEVICES), default=CACHE_DEVICES[0],
                                tooltip="Where the cache lives between steps. cpu saves its size in VRAM "
                                        "(hundreds of MB at 720p) at the cost of two copies per predicted step."),

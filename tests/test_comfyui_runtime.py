@@ -15,7 +15,7 @@ from comfyui_disca import CASES, add_probe, apply, conditioning, image_then_text
 from comfyui_env import requires_comfyui
 from disca.formats import ARCH_HV10, ARCH_HV15, load_safetensors, save_safetensors
 from disca.schedules import flow_sigmas
-from official_reference import predicted_output
+from official_reference import final_layer_and_unpatchify, predicted_output
 from tiny_models import tencent_dit_state_dict
 from tiny_model_files import (HV10_DIT, HV10_PLAIN_DIT, HV10_PREDICTOR, HV10_PREDICTOR_OTHER_BASE, HV10_PREDICTOR_TP,
                               HV10_PREDICTOR_WIDE, HV15_DIT, HV15_PREDICTOR)
@@ -268,6 +268,57 @@ def test_reuse_output_mode_repeats_the_anchor_output(comfyui):
     add_probe(comfyui, patched, calls)
     comfyui.sample(patched, noise(ARCH_HV10, 0), flow_sigmas(4, 5.0), conditioning(ARCH_HV10, 1))
     assert len(calls) == 2  # predicted steps do not call the model at all
+
+
+@pytest.mark.parametrize("arch", [ARCH_HV10, ARCH_HV15])
+def test_reuse_cache_mode_is_the_final_layer_on_the_anchors_hidden_state(comfyui, arch):
+    """The training-free baseline an untrained predictor starts from, against the official final layer by hand."""
+    model, _ = load(comfyui, arch)
+    patched = apply(comfyui, model, None, mode="reuse_cache", interval=2)
+    calls = []
+    add_probe(comfyui, patched, calls)
+    comfyui.sample(patched, noise(arch, 0), flow_sigmas(4, 5.0), conditioning(arch, 1))
+    module = model.model.diffusion_model
+    assert [c["blocks"] for c in calls] == [len(module.double_blocks) + len(module.single_blocks), 0] * 2
+    dit_weights, _ = load_safetensors(str(comfyui.models_dir / "diffusion_models" / CASES[arch]["dit"]))
+    grid = tuple(s // p for s, p in zip(noise(arch, 0).shape[2:], CASES[arch]["patch"]))
+    captured = {}
+
+    def keep_last(args, extra):
+        out = extra["original_block"](args)
+        captured["img"] = (image_then_text(out["img"], args["transformer_options"]) if arch == ARCH_HV10
+                           else out["img"].clone())
+        return out
+
+    def keep_vec(args, extra):
+        captured["vec"] = args["vec"].clone()
+        return extra["original_block"](args)
+
+    last = ("single_block", len(module.single_blocks) - 1) if arch == ARCH_HV10 else ("double_block", len(module.double_blocks) - 1)
+    stock_capture(model, calls[0], {last: keep_last})
+    stock_capture(model, calls[1], {("double_block", 0): keep_vec})
+    image_tokens = captured["img"][:, :grid[0] * grid[1] * grid[2]]
+    reference = final_layer_and_unpatchify(dit_weights, image_tokens, captured["vec"], grid, CASES[arch]["patch"],
+                                           CASES[arch]["channels"])
+    torch.testing.assert_close(calls[1]["out"], reference, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(calls[1]["out"], calls[0]["out"], atol=1e-3)  # the current step's modulation counts
+
+
+def test_taylor_mode_extrapolates_the_anchor_outputs_in_time(comfyui):
+    model, _ = load(comfyui, ARCH_HV10)
+    patched = apply(comfyui, model, None, mode="taylor", interval=2)
+    sigmas, velocities = flow_sigmas(6, 5.0), []
+
+    def keep_velocity(step, denoised, x, total_steps):  # flow models: denoised = x - sigma * v
+        velocities.append((x - denoised) / sigmas[step])
+
+    comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, conditioning(ARCH_HV10, 1), callback=keep_velocity)
+    v = velocities
+    torch.testing.assert_close(v[1], v[0], rtol=1e-4, atol=1e-5)  # one anchor so far: its output
+    for step, (b, a) in ((3, (0, 2)), (5, (2, 4))):
+        expected = v[a] + (sigmas[step] - sigmas[a]) * (v[a] - v[b]) / (sigmas[a] - sigmas[b])
+        torch.testing.assert_close(v[step], expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(v[3], v[2], atol=1e-3)
 
 
 def test_cache_and_predictor_offload_give_the_same_result(comfyui):

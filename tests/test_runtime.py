@@ -80,9 +80,55 @@ def test_summary_reports_true_counts_and_bytes():
     assert "cache 1.0 MiB" in line and "predictor 1.0 MiB" in line and "[N2, predictor]" in line
 
 
+class LinearInTime:
+    """A 'model' whose output is a + b t per row: what each mode's cached steps should give is known exactly."""
+
+    def __init__(self):
+        self.a, self.b = torch.tensor([[1.0], [-2.0]]), torch.tensor([[0.5], [3.0]])
+        self.full_calls, self.captures = 0, []
+
+    def output(self, rows, time):
+        return self.a[rows] + self.b[rows] * time.view(-1, 1)
+
+    def call(self, run, uuids, time):
+        rows = [("c", "u").index(u) for u in uuids]
+        x = torch.zeros(len(rows), 1)
+
+        def full_step(capture):
+            self.full_calls += 1
+            self.captures.append(capture)
+            out = self.output(rows, time)
+            return out, ((out * 10),) if capture else None
+
+        return run.call(uuids, x, time, full_step, cached_step=lambda hidden: hidden[0] / 10)
+
+
+@pytest.mark.parametrize("mode", ["predictor", "reuse_cache", "reuse_output", "taylor"])
+def test_every_mode_runs_through_the_one_call(mode):
+    """Anchors batched as (c, u), later steps split per cond: each mode gives its output for each cond's rows."""
+    model, run = LinearInTime(), make_run(steps=6, interval=3, mode=mode)
+    times = torch.tensor([900.0, 800.0, 700.0, 600.0, 500.0, 400.0])
+    outputs = []
+    for step, t in enumerate(times):
+        if run.is_anchor(step):
+            outputs.append(model.call(run, ("c", "u"), t.expand(2)))
+        else:
+            outputs.append(torch.cat([model.call(run, (u,), t.expand(1)) for u in ("c", "u")]))
+        run.step_finished(step)
+    assert model.full_calls == 2 and set(model.captures) == {mode in ("predictor", "reuse_cache")}
+    assert run.stats.full_steps == {0, 3} and run.stats.predicted_steps == {1, 2, 4, 5}
+    anchor_at = {1: 0, 2: 0, 4: 3, 5: 3}
+    for step, out in enumerate(outputs):
+        exact = model.output([0, 1], times[step].expand(2))
+        if step in (0, 3) or mode == "taylor" and step > 3:  # two anchors: extrapolation of a line is exact
+            torch.testing.assert_close(out, exact)
+        else:  # the anchor's output, whether stored as it is or through the 'hidden state' and back
+            torch.testing.assert_close(out, model.output([0, 1], times[anchor_at[step]].expand(2)))
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="mode must be one of"):
-        DisCaConfig(AnchorSchedule(interval=2), mode="taylor")
+        DisCaConfig(AnchorSchedule(interval=2), mode="fora")
     with pytest.raises(ValueError, match="cache_device must be one of"):
         DisCaConfig(AnchorSchedule(interval=2), cache_device="gpu1")
 

@@ -28,7 +28,7 @@ from ..formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, DiTSpec, Predicto
                        match_norm_parameter_names, normalize_tencent_layout, strip_wrapper_prefix,
                        tencent_to_comfy_predictor)
 from ..predictor import DisCaPredictor, predictor_bytes
-from ..runtime import MODE_PREDICTOR, MODE_REUSE_OUTPUT, DisCaConfig, DisCaRun, DisCaRuntimeError
+from ..runtime import MODE_PREDICTOR, MODE_REUSE_CACHE, DisCaConfig, DisCaRun, DisCaRuntimeError
 
 log = logging.getLogger("disca")
 
@@ -39,7 +39,7 @@ RUN_OPTION = "disca_run"  # transformer_options key: the DisCaRun of the samplin
 
 @dataclass(frozen=True)
 class DisCaSetup:
-    """What the apply node attaches to a model: config, predictor (None in reuse_output mode) and its spec."""
+    """What the apply node attaches to a model: config, predictor (None in the training-free modes) and its spec."""
 
     config: DisCaConfig
     predictor: DisCaPredictor | None
@@ -325,71 +325,54 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
     if run is None:  # called outside a sampling run (no OUTER_SAMPLE), e.g. by another node: stay stock
         return executor(*args, **kwargs)
     setup: DisCaSetup = options[SETUP_OPTION]
-    x = call.arguments["x"]
-    run.check_signature(x)
-    uuids = tuple(options["uuids"])
-    step = run.register_call(uuids)
-
-    cached = None if run.is_anchor(step) else run.cache.get(uuids, x.device)
-    if cached is None:
-        if not run.is_anchor(step):
-            log.warning("DisCa: no cache for step %d (conds %s); running the full model", step, uuids)
-        return _full_step(executor, call, run, setup, step, uuids)
-    return _predicted_step(executor, call, run, setup, step, cached)
+    return run.call(tuple(options["uuids"]), call.arguments["x"], call.arguments["timestep"],
+                    full_step=lambda capture: _full_forward(executor, call, setup, capture),
+                    cached_step=lambda hidden: _forward_from_cache(executor, call, setup, hidden))
 
 
-def _full_step(executor, call, run: DisCaRun, setup: DisCaSetup, step: int, uuids: tuple):
+def _last_block_key(module) -> tuple[str, int]:
+    """The block whose output is the cache: the last single-stream block (1.0), the last double-stream one (1.5)."""
+    if len(module.single_blocks):
+        return "single_block", len(module.single_blocks) - 1
+    return "double_block", len(module.double_blocks) - 1
+
+
+def _full_forward(executor, call, setup: DisCaSetup, capture: bool):
+    """The stock forward; with `capture`, the last block's output tokens are kept as the cache."""
+    if not capture:
+        return executor(*call.args, **call.kwargs), None
     options = call.arguments["transformer_options"]
-    run.cache.discard(uuids)
-    started = run.stats.timer.start(call.arguments["x"].device)
-    if setup.config.mode == MODE_REUSE_OUTPUT:
-        out = executor(*call.args, **call.kwargs)
-        run.cache.put(uuids, (out.detach().clone(),))
+    key = _last_block_key(executor.class_obj)
+    previous = options.get("patches_replace", {}).get("dit", {}).get(key)
+    captured = {}
+
+    def capture_last_block(args, extra):
+        out = previous(args, extra) if previous is not None else extra["original_block"](args)
+        # clones: the stock loop and ControlNet update these tensors in place afterwards
+        captured["tensors"] = tuple(out[name].detach().clone() for name in
+                                    (("img",) if key[0] == "single_block" else ("img", "txt")))
+        return out
+
+    call.arguments["transformer_options"] = _with_block_patches(options, {key: capture_last_block})
+    out = executor(*call.args, **call.kwargs)
+    return out, captured["tensors"]
+
+
+def _forward_from_cache(executor, call, setup: DisCaSetup, cached: tuple):
+    """The stock forward with every block passed through: the predictor (or, for cache reuse, the cache itself)
+    stands in for the stack, and the model's own final layer finishes the step."""
+    module = executor.class_obj
+    patches = {("double_block", i): _pass_double for i in range(len(module.double_blocks))}
+    patches.update({("single_block", i): _pass_single for i in range(len(module.single_blocks))})
+    if setup.config.mode == MODE_REUSE_CACHE:
+        patches[_last_block_key(module)] = _cached_tokens(cached)
+    elif setup.spec.arch == ARCH_HV10:
+        # after the double blocks the stock forward concatenates [img ‖ txt]: the last single block's input
+        patches[("single_block", len(module.single_blocks) - 1)] = _single_stream_predictor(setup.predictor, cached)
     else:
-        module = executor.class_obj
-        captured = {}
-        if setup.spec.arch == ARCH_HV10:
-            key = ("single_block", len(module.single_blocks) - 1)
-        else:
-            key = ("double_block", len(module.double_blocks) - 1)
-        previous = options.get("patches_replace", {}).get("dit", {}).get(key)
-
-        def capture_last_block(args, extra):
-            out = previous(args, extra) if previous is not None else extra["original_block"](args)
-            # clones: the stock loop and ControlNet update these tensors in place afterwards
-            captured["tensors"] = tuple(out[name].detach().clone() for name in
-                                        (("img",) if key[0] == "single_block" else ("img", "txt")))
-            return out
-
-        call.arguments["transformer_options"] = _with_block_patches(options, {key: capture_last_block})
-        out = executor(*call.args, **call.kwargs)
-        run.cache.put(uuids, captured["tensors"])
-    run.stats.timer.stop("full", started)
-    run.stats.full_steps.add(step)
-    run.stats.full_calls += 1
-    return out
-
-
-def _predicted_step(executor, call, run: DisCaRun, setup: DisCaSetup, step: int, cached: tuple):
-    options = call.arguments["transformer_options"]
-    started = run.stats.timer.start(call.arguments["x"].device)
-    if setup.config.mode == MODE_REUSE_OUTPUT:
-        out = cached[0]
-    else:
-        module = executor.class_obj
-        patches = {("double_block", i): _pass_double for i in range(len(module.double_blocks))}
-        patches.update({("single_block", i): _pass_single for i in range(len(module.single_blocks))})
-        if setup.spec.arch == ARCH_HV10:
-            # after the double blocks the stock forward concatenates [img ‖ txt]: the last single block's input
-            patches[("single_block", len(module.single_blocks) - 1)] = _single_stream_predictor(setup.predictor, cached)
-        else:
-            patches[("double_block", 0)] = _double_stream_predictor(setup.predictor, cached)
-        call.arguments["transformer_options"] = _with_block_patches(options, patches)
-        out = executor(*call.args, **call.kwargs)
-    run.stats.timer.stop("predicted", started)
-    run.stats.predicted_steps.add(step)
-    run.stats.predicted_calls += 1
-    return out
+        patches[("double_block", 0)] = _double_stream_predictor(setup.predictor, cached)
+    call.arguments["transformer_options"] = _with_block_patches(call.arguments["transformer_options"], patches)
+    return executor(*call.args, **call.kwargs)
 
 
 def _with_block_patches(options: dict, patches: dict) -> dict:
@@ -405,6 +388,16 @@ def _pass_double(args, extra):
 
 def _pass_single(args, extra):
     return {"img": args["img"]}
+
+
+def _cached_tokens(cached: tuple):
+    """The last block's patch for cache reuse: its output is the anchor's, in the same token order."""
+    def reuse(args, extra):
+        for stored, current in zip(cached, (args["img"], args.get("txt"))):
+            _check_cache(stored, current)
+        return dict(zip(("img", "txt"), cached))
+
+    return reuse
 
 
 # The predictor patches write the fused tokens into the tensors the stock forward passed in (and still holds),
