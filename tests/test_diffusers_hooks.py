@@ -4,67 +4,14 @@ import logging
 
 import pytest
 import torch
-from PIL import Image
 
+from diffusers_pipelines import STEPS, Case
 from disca.formats import ARCH_HV10, ARCH_HV15, save_safetensors
 from disca.hosts.diffusers import predictor_from_dit
 from disca.hosts.diffusers_hooks import DisCaHookConfig, apply_disca, remove_disca
 from disca.schedules import AnchorSchedule, ScheduleError
 from official_reference import predicted_output
-from training.tiny import TINY_CONFIGS, tiny_host, write_tiny_pipeline
-
-STEPS = 4
-SHIFT = {ARCH_HV10: 5.0, ARCH_HV15: 7.0}
-
-
-def _randomize(module, seed):
-    generator = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        p.data.copy_(torch.randn(p.shape, generator=generator) * 0.05)
-
-
-class Case:
-    """A tiny pipeline of `arch` with a MeanFlow DiT (1.0: our time_r_in; 1.5: diffusers' use_meanflow) and a
-    predictor file in the official layout."""
-
-    def __init__(self, arch, folder, meanflow=True):
-        from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15ImageToVideoPipeline, HunyuanVideoPipeline
-        from diffusers.guiders import ClassifierFreeGuidance
-
-        self.arch = arch
-        path = write_tiny_pipeline(str(folder / "pipeline"), arch)
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=SHIFT[arch])
-        if arch == ARCH_HV10:
-            self.host = tiny_host(arch, seed=3)
-            if meanflow:
-                self.host.add_time_r_embedder()
-                _randomize(self.host.time_r_in, 4)
-            self.pipe = HunyuanVideoPipeline.from_pretrained(path, transformer=self.host.transformer, scheduler=scheduler)
-        else:
-            self.host = tiny_host(arch, seed=3, target_size=16, use_meanflow=meanflow)
-            if meanflow:
-                _randomize(self.host.transformer.time_embed.timestep_embedder_r, 4)
-            self.pipe = HunyuanVideo15ImageToVideoPipeline.from_pretrained(
-                path, transformer=self.host.transformer, scheduler=scheduler,
-                guider=ClassifierFreeGuidance(guidance_scale=1.0))
-        self.pipe.set_progress_bar_config(disable=True)
-        predictor = predictor_from_dit(self.host, depth=2, zero_gates=False)
-        self.predictor_weights = predictor.official_state_dict()
-        self.predictor_file = str(folder / "predictor.safetensors")
-        save_safetensors(self.predictor_file, self.predictor_weights, {})
-
-    def config(self, schedule, **kwargs):
-        return DisCaHookConfig(predictor=self.predictor_file, schedule=schedule, time_r_in=self.host.time_r_in,
-                               **kwargs)
-
-    def sample(self, prompt="a red fox runs through snow", **kwargs):
-        common = dict(num_inference_steps=STEPS, output_type="latent", generator=torch.Generator().manual_seed(0))
-        if self.arch == ARCH_HV10:
-            return self.pipe(prompt=prompt, height=32, width=32, num_frames=5, guidance_scale=6.0,
-                             **common, **kwargs).frames
-        image = Image.new("RGB", (16, 16), (200, 30, 30))
-        return self.pipe(image=image, prompt=prompt, num_frames=5, **common, **kwargs).frames
-
+from training.tiny import TINY_CONFIGS
 
 @pytest.fixture(scope="module", params=[ARCH_HV10, ARCH_HV15])
 def case(request, tmp_path_factory):
@@ -207,7 +154,7 @@ def test_bad_configurations_fail_with_clear_messages(tmp_path):
 
 
 def test_the_example_script_runs_a_pipeline_from_files(tmp_path):
-    """examples/diffusers_disca.py as a user runs it: a pipeline folder, a Tencent-layout distilled DiT, a predictor."""
+    """scripts/diffusers_disca.py as a user runs it: a pipeline folder, a Tencent-layout distilled DiT, a predictor."""
     import json
     import subprocess
     import sys
@@ -227,7 +174,7 @@ def test_the_example_script_runs_a_pipeline_from_files(tmp_path):
     out = tmp_path / "latents.safetensors"
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, str(repo / "examples" / "diffusers_disca.py"), "--pipeline", str(folder), "--dit",
+        [sys.executable, str(repo / "scripts" / "diffusers_disca.py"), "--pipeline", str(folder), "--dit",
          str(tmp_path / "dit.safetensors"), "--predictor", case.predictor_file, "--schedule", "N2", "--steps", "4",
          "--prompt", "a red fox runs through snow", "--size", "32x32x5", "--dtype", "fp32", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=str(tmp_path))

@@ -412,3 +412,11 @@ def test_shipped_workflow_has_a_template_thumbnail(path):
     assert thumbnail.stat().st_size < 150 * 1024
     with Image.open(thumbnail) as image:
         assert image.format == "JPEG" and image.width == 640 and 0.5 < image.height / image.width <= 1.0
+
+
+def test_comfyui_serves_the_workflows_folder_as_the_packs_templates():
+    """ComfyUI takes the first of these folders a custom node has as its template folder (app/custom_node_manager.py,
+    0.8.0 and 0.33.0): any of them in the repo root would hide workflows/ from the template browser."""
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "workflows").is_dir()
+    assert [name for name in ("example_workflows", "example", "examples", "workflow") if (root / name).exists()] == []

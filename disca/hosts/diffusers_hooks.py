@@ -225,6 +225,9 @@ def apply_disca(pipe, config: DisCaHookConfig) -> None:
     the step. Applying again replaces the earlier setup."""
     transformer, scheduler = pipe.transformer, pipe.scheduler
     arch = arch_of(transformer)
+    if getattr(transformer, "_parallel_config", None) is not None:
+        # the plan's split hooks on the blocks must wrap DisCa's, which skip the blocks on predicted steps
+        raise ValueError("DisCa: apply_disca before enable_context_parallel (this transformer is already parallel)")
     runtime_config = DisCaConfig(config.anchor_schedule(), mode=config.mode, cache_device=config.cache_device)
     if arch == ARCH_HV10 and getattr(transformer.time_text_embed, "image_condition_type", None) == "token_replace":
         raise ValueError("DisCa: HunyuanVideo-1.0 image-to-video (token_replace) is not supported; DisCa's 1.0 "

@@ -1,11 +1,11 @@
 """DisCa with a diffusers pipeline: HunyuanVideo-1.0 text-to-video or HunyuanVideo-1.5 image-to-video.
 
     # 1.0 T2V: the base pipeline folder, the CFG/MeanFlow-distilled DiT (Tencent .safetensors or diffusers folder)
-    python examples/diffusers_disca.py --pipeline HunyuanVideo-diffusers --dit distilled_dit.safetensors \
+    python scripts/diffusers_disca.py --pipeline HunyuanVideo-diffusers --dit distilled_dit.safetensors \
         --predictor disca_hv10_predictor.safetensors --schedule t2v_official_8of20 --steps 20 \
         --prompt "a red fox runs through snow" --size 1280x720x129 --out fox.mp4
     # 1.5 I2V: the image sets the size (the pipeline's 480p buckets)
-    python examples/diffusers_disca.py --pipeline HunyuanVideo-1.5-480p_i2v_step_distilled-diffusers \
+    python scripts/diffusers_disca.py --pipeline HunyuanVideo-1.5-480p_i2v_step_distilled-diffusers \
         --predictor disca_hv15_predictor.safetensors --schedule i2v_official_4of8 --steps 8 --image first.png \
         --prompt "the fox turns its head" --frames 121 --out fox.mp4
 
