@@ -253,6 +253,18 @@ def apply_disca(pipe, config: DisCaHookConfig) -> None:
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(transformer_hook, HOOK_NAME)
 
 
+def set_disca_schedule(pipe, schedule: str | AnchorSchedule) -> None:
+    """Change the anchor schedule of a pipeline DisCa is applied to (the next run uses it); no re-applying, so it
+    also works once context parallelism is enabled."""
+    transformer = getattr(pipe, "transformer", pipe)
+    hook = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(HOOK_NAME)
+    if hook is None:
+        raise ValueError("DisCa is not applied to this pipeline: call apply_disca first")
+    hook.config = DisCaConfig(DisCaHookConfig(schedule=schedule).anchor_schedule(), mode=hook.config.mode,
+                              cache_device=hook.config.cache_device)
+    hook.reset_state(transformer)
+
+
 def remove_disca(pipe) -> None:
     """Remove every DisCa hook: the transformer computes as stock again."""
     transformer = getattr(pipe, "transformer", pipe)
