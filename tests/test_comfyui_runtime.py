@@ -129,6 +129,43 @@ def test_predicted_steps_match_the_official_math(comfyui, arch, caplog):
         assert not torch.allclose(got, anchor_call["out"], atol=1e-3)
 
 
+def test_diffusers_hooks_compute_what_the_comfyui_runtime_computes(comfyui):
+    """The same Tencent-layout files through ComfyUI's DisCa and through a diffusers transformer with DisCa's hooks
+    (HunyuanVideo-1.0): every model call of an N2 run, anchors and predicted steps, on ComfyUI's own inputs."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from disca.hosts.diffusers import load_host
+    from disca.hosts.diffusers_hooks import DisCaHookConfig, apply_disca
+
+    model, predictor = load(comfyui, ARCH_HV10)
+    patched = apply(comfyui, model, predictor, interval=2)
+    calls = []
+    add_probe(comfyui, patched, calls)
+    sigmas = flow_sigmas(4, 5.0)
+    comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, conditioning(ARCH_HV10, 1))
+
+    host = load_host(str(comfyui.models_dir / "diffusion_models" / CASES[ARCH_HV10]["dit"]))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)  # the sigmas below are already shifted
+    scheduler.set_timesteps(sigmas=sigmas[:-1].numpy())
+    pipe = SimpleNamespace(transformer=host.transformer, scheduler=scheduler)
+    apply_disca(pipe, DisCaHookConfig(predictor=str(comfyui.models_dir / "disca" / CASES[ARCH_HV10]["predictor"]),
+                                      schedule="N2", time_r_in=host.time_r_in))
+    for step, call in enumerate(calls):
+        arguments = call["arguments"]
+        with torch.no_grad(), host.transformer.cache_context("cond"):
+            out = host.transformer(hidden_states=arguments["x"], timestep=arguments["timestep"],
+                                   encoder_hidden_states=arguments["context"],
+                                   encoder_attention_mask=torch.ones(arguments["context"].shape[:2], dtype=torch.int64),
+                                   pooled_projections=arguments["y"], guidance=arguments["guidance"] * 1000,
+                                   return_dict=False)[0]
+        relative = ((out - call["out"]).norm() / call["out"].norm()).item()
+        assert relative <= 1e-5, (step, relative)
+        scheduler.step(out, scheduler.timesteps[step], arguments["x"])  # the pipeline's step advances the index
+    assert [c["blocks"] for c in calls][1] == 0  # step 1 was predicted in ComfyUI
+
+
 def test_official_10_of_20_schedule_counts(comfyui, caplog):
     model, predictor = load(comfyui, ARCH_HV10)
     patched = apply(comfyui, model, predictor, schedule="t2v_official_10of20")
