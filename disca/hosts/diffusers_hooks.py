@@ -81,11 +81,12 @@ class _RunState(BaseState):
 
     def __init__(self):
         self.run: DisCaRun | None = None
+        self.timesteps_r: torch.Tensor | None = None  # 1.0 MeanFlow: r of every step, on the model's device
 
     def reset(self):
         if self.run is not None and self.run.stats.full_calls:
             log.info(self.run.summary())
-        self.run = None
+        self.run, self.timesteps_r = None, None
 
 
 class DisCaTransformerHook(ModelHook):
@@ -103,7 +104,7 @@ class DisCaTransformerHook(ModelHook):
         self.state_manager.reset()
         return module
 
-    def _run(self) -> tuple[DisCaRun, int]:
+    def _run(self) -> tuple[_RunState, int]:
         """This context's run and the scheduler's step: a new run when a new sampling loop starts."""
         if self.scheduler.timesteps is None:
             raise RuntimeError("DisCa: the pipeline's scheduler has no timesteps; call the pipeline, or "
@@ -116,16 +117,18 @@ class DisCaTransformerHook(ModelHook):
             log.info("DisCa [%s]: %s", self.state_manager.context.name, self.config.schedule.describe(total))
         if step:
             state.run.step_finished(step - 1)
-        return state.run, step
+        return state, step
 
     def new_forward(self, module, *args, **kwargs):
         call = inspect.signature(self.fn_ref.original_forward).bind(*args, **kwargs)
-        run, step = self._run()
+        state, step = self._run()
         timestep = call.arguments["timestep"]
         if self.meanflow_r:
-            sigmas = self.scheduler.sigmas
-            r = sigmas[step + 1] * self.scheduler.config.num_train_timesteps  # the 1.5 pipelines' timesteps[i + 1]
-            self.control.timestep_r = r.to(timestep.device, timestep.dtype).expand(timestep.shape[0])
+            if state.timesteps_r is None:  # once a run: no host-to-device copy per step
+                # r = the next sigma, in timestep units: the 1.5 pipelines' timesteps[i + 1]
+                r = self.scheduler.sigmas[1:] * self.scheduler.config.num_train_timesteps
+                state.timesteps_r = r.to(timestep.device, timestep.dtype)
+            self.control.timestep_r = state.timesteps_r[step].expand(timestep.shape[0])
         return_dict = call.arguments.get("return_dict", True)
         call.arguments["return_dict"] = False
         control = self.control
@@ -144,8 +147,8 @@ class DisCaTransformerHook(ModelHook):
             finally:
                 control.cached = None
 
-        out = run.call((self.state_manager.context.name,), call.arguments["hidden_states"], timestep,
-                       full_step, cached_step)
+        out = state.run.call((self.state_manager.context.name,), call.arguments["hidden_states"], timestep,
+                             full_step, cached_step)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
 
@@ -172,11 +175,12 @@ class DisCaBlockHook(ModelHook):
         if not self.is_last:
             return hidden_states, encoder_hidden_states
         cached = control.cached
-        for stored, current in zip(cached, (torch.cat([hidden_states, encoder_hidden_states], dim=1),)
-                                   if self.arch == ARCH_HV10 else (hidden_states, encoder_hidden_states)):
-            if stored.shape != current.shape:
-                raise RuntimeError(f"DisCa: cached tokens {tuple(stored.shape)} do not match this step's "
-                                   f"{tuple(current.shape)}; the prompt or the video size changed within one run")
+        (batch, image_len, width), text_len = hidden_states.shape, encoder_hidden_states.shape[1]
+        current = ([(batch, image_len + text_len, width)] if self.arch == ARCH_HV10
+                   else [tuple(hidden_states.shape), tuple(encoder_hidden_states.shape)])
+        if [tuple(t.shape) for t in cached] != current:
+            raise RuntimeError(f"DisCa: cached tokens {[tuple(t.shape) for t in cached]} do not match this step's "
+                               f"{current}; the prompt or the video size changed within one run")
         if self.mode == MODE_REUSE_CACHE:
             return cached[0][:, : hidden_states.shape[1]], encoder_hidden_states
         img = self.predictor(hidden_states, encoder_hidden_states, cached, temb, attention_mask, image_rotary_emb)
