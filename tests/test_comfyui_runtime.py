@@ -129,9 +129,10 @@ def test_predicted_steps_match_the_official_math(comfyui, arch, caplog):
         assert not torch.allclose(got, anchor_call["out"], atol=1e-3)
 
 
-def test_diffusers_hooks_compute_what_the_comfyui_runtime_computes(comfyui):
-    """The same Tencent-layout files through ComfyUI's DisCa and through a diffusers transformer with DisCa's hooks
-    (HunyuanVideo-1.0): every model call of an N2 run, anchors and predicted steps, on ComfyUI's own inputs."""
+@pytest.mark.parametrize("arch", [ARCH_HV10, ARCH_HV15])
+def test_diffusers_hooks_compute_what_the_comfyui_runtime_computes(comfyui, arch):
+    """The same Tencent-layout files through ComfyUI's DisCa and through a diffusers transformer with DisCa's hooks:
+    every model call of an N2 run, anchors and predicted steps, on ComfyUI's own inputs."""
     from types import SimpleNamespace
 
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -139,30 +140,41 @@ def test_diffusers_hooks_compute_what_the_comfyui_runtime_computes(comfyui):
     from disca.hosts.diffusers import load_host
     from disca.hosts.diffusers_hooks import DisCaHookConfig, apply_disca
 
-    model, predictor = load(comfyui, ARCH_HV10)
+    dit_name = CASES[arch]["dit"]
+    if arch == ARCH_HV15:  # diffusers' 1.5 model has the ByT5 glyph mapper, which ComfyUI's file can do without
+        dit_name = "tiny_hv15_with_byt5.safetensors"
+        save_safetensors(str(comfyui.models_dir / "diffusion_models" / dit_name),
+                         tencent_dit_state_dict(ARCH_HV15, double_blocks=2, single_blocks=0, guidance=False, byt5=True), {})
+    model = comfyui.run_node("DisCaLoadDistilledModel", unet_name=dit_name, weight_dtype="default",
+                             allow_non_distilled=False)[0]
+    predictor = comfyui.run_node("DisCaLoadPredictor", predictor_name=CASES[arch]["predictor"])[0]
     patched = apply(comfyui, model, predictor, interval=2)
     calls = []
     add_probe(comfyui, patched, calls)
     sigmas = flow_sigmas(4, 5.0)
-    comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, conditioning(ARCH_HV10, 1))
+    comfyui.sample(patched, noise(arch, 0), sigmas, conditioning(arch, 1))
 
-    host = load_host(str(comfyui.models_dir / "diffusion_models" / CASES[ARCH_HV10]["dit"]))
+    host = load_host(str(comfyui.models_dir / "diffusion_models" / dit_name))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)  # the sigmas below are already shifted
     scheduler.set_timesteps(sigmas=sigmas[:-1].numpy())
     pipe = SimpleNamespace(transformer=host.transformer, scheduler=scheduler)
-    apply_disca(pipe, DisCaHookConfig(predictor=str(comfyui.models_dir / "disca" / CASES[ARCH_HV10]["predictor"]),
+    apply_disca(pipe, DisCaHookConfig(predictor=str(comfyui.models_dir / "disca" / CASES[arch]["predictor"]),
                                       schedule="N2", time_r_in=host.time_r_in))
     for step, call in enumerate(calls):
         arguments = call["arguments"]
+        context = arguments["context"]
+        inputs = dict(hidden_states=arguments["x"], timestep=arguments["timestep"], encoder_hidden_states=context,
+                      encoder_attention_mask=torch.ones(context.shape[:2], dtype=torch.int64), return_dict=False)
+        if arch == ARCH_HV10:
+            inputs.update(pooled_projections=arguments["y"], guidance=arguments["guidance"] * 1000)
+        else:  # no glyph tokens in ComfyUI's call: one ByT5 token, masked out; r is the next sigma
+            inputs.update(encoder_hidden_states_2=torch.zeros(1, 1, 1472), encoder_attention_mask_2=torch.zeros(1, 1),
+                          image_embeds=arguments["clip_fea"], timestep_r=(sigmas[step + 1] * 1000).expand(1))
         with torch.no_grad(), host.transformer.cache_context("cond"):
-            out = host.transformer(hidden_states=arguments["x"], timestep=arguments["timestep"],
-                                   encoder_hidden_states=arguments["context"],
-                                   encoder_attention_mask=torch.ones(arguments["context"].shape[:2], dtype=torch.int64),
-                                   pooled_projections=arguments["y"], guidance=arguments["guidance"] * 1000,
-                                   return_dict=False)[0]
+            out = host.transformer(**inputs)[0]
         relative = ((out - call["out"]).norm() / call["out"].norm()).item()
         assert relative <= 1e-5, (step, relative)
-        scheduler.step(out, scheduler.timesteps[step], arguments["x"])  # the pipeline's step advances the index
+        scheduler.step(out, scheduler.timesteps[step], arguments["x"][:, :out.shape[1]])  # advances the step index
     assert [c["blocks"] for c in calls][1] == 0  # step 1 was predicted in ComfyUI
 
 
