@@ -150,8 +150,6 @@ def main(argv=None) -> None:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    elif torch.accelerator.device_count() == 0:
-        torch.accelerator.device_count = lambda: 1  # diffusers 0.42 places rank r on device r % device_count()
     dtype = torch.bfloat16 if cuda else torch.float32
     latent = (2, 8, 8) if args.tiny else tuple(int(v) for v in args.latent.split(","))
     out = Path(args.out)

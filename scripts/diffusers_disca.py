@@ -9,6 +9,8 @@
         --predictor disca_hv15_predictor.safetensors --schedule i2v_official_4of8 --steps 8 --image first.png \
         --prompt "the fox turns its head" --frames 121 --out fox.mp4
 
+Under torchrun with N processes (one GPU each) the transformer runs with Ulysses context parallelism of degree N
+(`disca.hosts.diffusers_parallel`): `torchrun --standalone --nproc_per_node 2 scripts/diffusers_disca.py ...`.
 The DiT's anchors and predicted steps, their times, the cache and the predictor's size are logged at the end of the run.
 `--out` ending in .safetensors writes the final latents instead of a video.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers.utils import export_to_video, load_image
 
     dtype = DTYPES[args.dtype]
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+        if args.device == "cuda":
+            args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(args.device)
     components = {}
     time_r_in = None
     if args.dit:
@@ -70,6 +81,12 @@ def main(argv: list[str] | None = None) -> None:
         pipe.scheduler.register_to_config(shift=args.shift)
     apply_disca(pipe, DisCaHookConfig(predictor=args.predictor, schedule=args.schedule, mode=args.mode,
                                       time_r_in=time_r_in))
+    if world > 1:
+        from diffusers import ContextParallelConfig
+
+        from disca.hosts.diffusers_parallel import enable_context_parallel
+
+        enable_context_parallel(pipe, ContextParallelConfig(ulysses_degree=world))
     output_type = "latent" if args.out.endswith(".safetensors") else "np"
     generator = torch.Generator(args.device).manual_seed(args.seed)
     common = dict(prompt=args.prompt, num_inference_steps=args.steps, generator=generator, output_type=output_type)
@@ -80,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.image:
             raise SystemExit("--image: HunyuanVideo-1.5 image-to-video needs the first frame")
         frames_out = pipe(image=load_image(args.image), num_frames=args.frames, **common).frames
+    if int(os.environ.get("RANK", 0)):  # every rank computed the same video
+        return
     if output_type == "latent":
         save_safetensors(args.out, {"latents": frames_out.float().cpu().contiguous()}, {"prompt": args.prompt})
     else:

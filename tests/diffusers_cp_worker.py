@@ -28,10 +28,6 @@ def main(arch: str, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    if torch.accelerator.device_count() == 0:
-        # diffusers 0.42 picks each rank's device as rank % device_count(), which a CPU-only torch makes a division
-        # by zero; on CPU every rank's device is the CPU
-        torch.accelerator.device_count = lambda: 1
     if rank:
         dist.barrier()  # rank 0 writes the pipeline folder first (transformers saves on the main process only)
     case = Case(arch, Path(folder), heads=2, predictor_name=f"predictor_rank{rank}.safetensors")

@@ -26,6 +26,7 @@ HunyuanVideo's text padding (always present: prompts are padded to a fixed lengt
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -145,7 +146,8 @@ def enable_context_parallel(pipe, config) -> None:
                          "attention heads")
     if arch != ARCH_HV10:
         _use_key_mask_processors(transformer)
-    transformer.enable_parallelism(config=config, cp_plan=HV10_CP_PLAN if arch == ARCH_HV10 else HV15_CP_PLAN)
+    with _one_device_without_accelerator():
+        transformer.enable_parallelism(config=config, cp_plan=HV10_CP_PLAN if arch == ARCH_HV10 else HV15_CP_PLAN)
     if arch == ARCH_HV10:
         mesh = config._flattened_mesh
         masks = _PromptMasks(mesh.size(), mesh.get_local_rank())
@@ -155,6 +157,21 @@ def enable_context_parallel(pipe, config) -> None:
     disca = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(DISCA_HOOK)
     if disca is not None and disca.predictor is not None:
         parallelize_predictor(disca.predictor, transformer)
+
+
+@contextlib.contextmanager
+def _one_device_without_accelerator():
+    """diffusers 0.42 puts rank r on device r % torch.accelerator.device_count(), a division by zero on a CPU-only
+    torch; there every rank's device is the CPU (gloo), so count it as one device while parallelism is set up."""
+    if torch.accelerator.device_count():
+        yield
+        return
+    count = torch.accelerator.device_count
+    torch.accelerator.device_count = lambda: 1
+    try:
+        yield
+    finally:
+        torch.accelerator.device_count = count
 
 
 def _use_key_mask_processors(module: nn.Module) -> None:
