@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers_pipelines import Case  # noqa: E402
-from disca.formats import save_safetensors  # noqa: E402
+from disca.formats import ARCH_HV15, save_safetensors  # noqa: E402
 from disca.hosts.diffusers_hooks import HOOK_NAME, apply_disca  # noqa: E402
 from disca.hosts.diffusers_parallel import enable_context_parallel  # noqa: E402
 
@@ -37,7 +37,8 @@ def main(arch: str, folder: str) -> None:
     if world > 1:
         from diffusers import ContextParallelConfig
 
-        enable_context_parallel(case.pipe, ContextParallelConfig(ulysses_degree=world))
+        enable_context_parallel(case.pipe, ContextParallelConfig(ulysses_degree=world,
+                                                                 ulysses_anything=arch == ARCH_HV15))
         try:
             apply_disca(case.pipe, case.config("N2"))
             refusal = ""

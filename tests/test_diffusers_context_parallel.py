@@ -33,7 +33,7 @@ def test_two_ranks_equal_one_and_each_keeps_half_the_cache(arch, tmp_path):
     assert single["cache_bytes"].min() > 0
 
 
-def test_ring_attention_is_refused_with_the_reason(tmp_path):
+def test_configurations_that_cannot_work_are_refused_with_the_fix(tmp_path):
     from diffusers import ContextParallelConfig
 
     from diffusers_pipelines import Case
@@ -42,3 +42,6 @@ def test_ring_attention_is_refused_with_the_reason(tmp_path):
     case = Case(ARCH_HV10, tmp_path, heads=2)
     with pytest.raises(ValueError, match="ring_degree: .*padded text would be attended wrongly; use ulysses_degree"):
         enable_context_parallel(case.pipe, ContextParallelConfig(ring_degree=2))
+    other = Case(ARCH_HV15, tmp_path / "hv15", heads=2)
+    with pytest.raises(ValueError, match=r"rarely divides by the degree; pass .*ulysses_anything=True"):
+        enable_context_parallel(other.pipe, ContextParallelConfig(ulysses_degree=2))

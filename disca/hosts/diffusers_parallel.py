@@ -64,10 +64,15 @@ HV15_CP_PLAN = {
 
 
 class KeyMaskAttnProcessor(HunyuanVideo15AttnProcessor2_0):
-    """HunyuanVideo-1.5 attention with a key-only text mask under context parallelism (stock otherwise)."""
+    """HunyuanVideo-1.5 attention with a key-only text mask under context parallelism (stock otherwise, unless
+    `always`: the key-only mask also spares a single GPU the stock [B, 1, S, S] mask, for measurements)."""
+
+    def __init__(self, always: bool = False):
+        super().__init__()
+        self.always = always
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        if self._parallel_config is None or attention_mask is None:
+        if (self._parallel_config is None and not self.always) or attention_mask is None:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         from diffusers.models.embeddings import apply_rotary_emb
 
@@ -107,6 +112,12 @@ class LocalPromptMaskHook(ModelHook):
     def pre_forward(self, module, *args, **kwargs):
         call = inspect.signature(type(module).forward).bind(module, *args, **kwargs)
         full = call.arguments["encoder_attention_mask"]
+        _, _, frames, height, width = call.arguments["hidden_states"].shape
+        config = module.config
+        image_tokens = (frames // config.patch_size_t) * (height // config.patch_size) * (width // config.patch_size)
+        if full.shape[1] % self.masks.ranks or image_tokens % self.masks.ranks:
+            raise ValueError(f"context parallelism over {self.masks.ranks} ranks splits the {image_tokens} image and "
+                             f"{full.shape[1]} text tokens evenly; choose a video size and prompt length they divide")
         shard = full.shape[1] // self.masks.ranks
         valid = (full.sum(dim=1, dtype=torch.int) - self.masks.rank * shard).clamp(0, shard)
         self.masks.full = full
@@ -141,6 +152,13 @@ def enable_context_parallel(pipe, config) -> None:
         raise ValueError("ring_degree: diffusers' ring attention applies each rank's key mask to every rotated key "
                          "chunk, so HunyuanVideo's padded text would be attended wrongly; use ulysses_degree")
     degree = config.ulysses_degree or 1
+    if arch == ARCH_HV10 and config.ulysses_anything:
+        raise ValueError("ulysses_anything: HunyuanVideo-1.0's sequence splits evenly (its prompt is padded to a fixed "
+                         "length) and its prompt-mask fix assumes equal shards; leave ulysses_anything off")
+    if arch != ARCH_HV10 and not config.ulysses_anything:
+        raise ValueError("ulysses_anything: HunyuanVideo-1.5's text sequence (image, ByT5 and LLM tokens: 1985 in the "
+                         "I2V pipeline) rarely divides by the degree; pass ContextParallelConfig(ulysses_degree=N, "
+                         "ulysses_anything=True)")
     if transformer.config.num_attention_heads % degree:
         raise ValueError(f"ulysses_degree {degree} must divide the model's {transformer.config.num_attention_heads} "
                          "attention heads")
@@ -174,11 +192,11 @@ def _one_device_without_accelerator():
         torch.accelerator.device_count = count
 
 
-def _use_key_mask_processors(module: nn.Module) -> None:
+def _use_key_mask_processors(module: nn.Module, always: bool = False) -> None:
     for child in module.modules():
         if isinstance(getattr(child, "processor", None), HunyuanVideo15AttnProcessor2_0) and not isinstance(
                 child.processor, KeyMaskAttnProcessor):
-            child.set_processor(KeyMaskAttnProcessor())
+            child.set_processor(KeyMaskAttnProcessor(always))
 
 
 def parallelize_predictor(predictor: nn.Module, transformer: nn.Module) -> None:
