@@ -8,10 +8,10 @@ Full-size random HunyuanVideo-1.0 (12.8B, bf16, a MeanFlow r-embedder and embedd
 T2V DiT; or, with --arch hunyuan_video_1_5, the 8.3B 1.5 I2V MeanFlow model) and a random predictor of the official
 shape, driven through `disca.hosts.diffusers_hooks` by the denoising loop of diffusers' pipelines (scheduler,
 `cache_context("cond")`, `scheduler.step`) without their text encoders and VAE: padded prompts (1.0: 256 tokens, 80
-valid; 1.5: 1000 LLM tokens, 256 ByT5 tokens and 729 image tokens). Per world size it measures a no-cache run (every step an
-anchor) and DisCa N4, each step's time from the runtime's own timer, and on more than one GPU a torch.profiler trace
-of one anchor and one predicted step with the collectives counted per step. The N-GPU run compares its outputs with
-the 1-GPU run's (saved in --out) and writes OUT/result_<arch>_<N>gpu.json.
+valid; 1.5: 1000 LLM tokens, 256 ByT5 tokens and 729 image tokens). Per world size it measures a no-cache run
+(every step an anchor) and DisCa N4, each step's time from the runtime's own timer, and on more than one GPU a
+torch.profiler trace of one anchor and one predicted step with the collectives counted per step. The N-GPU run
+compares its outputs with the 1-GPU run's (saved in --out) and writes OUT/result_<arch>_<N>gpu.json.
 """
 
 from __future__ import annotations
@@ -197,11 +197,11 @@ def main(argv=None) -> None:
     pipe = SimpleNamespace(transformer=host.transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
                            condition=condition)
     checksum = sum(float(p.float().sum()) for p in list(host.parameters())[:4])
-    report = dict(arch=args.arch, key_mask=args.key_mask, world=world, gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-                  if cuda else "cpu (--tiny)", torch=torch.__version__, latent=list(latent),
-                  image_tokens=noise[0, 0].numel() // (4 if args.arch == ARCH_HV10 else 1),
-                  build_s=time.perf_counter() - started,
-                  weights_checksum=checksum, command="torchrun --nproc_per_node %d %s" % (world, " ".join(sys.argv)))
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else "cpu (--tiny)"
+    report = dict(arch=args.arch, key_mask=args.key_mask, world=world, gpus=gpus, torch=torch.__version__,
+                  latent=list(latent), image_tokens=noise[0, 0].numel() // (4 if args.arch == ARCH_HV10 else 1),
+                  build_s=time.perf_counter() - started, weights_checksum=checksum,
+                  command="torchrun --nproc_per_node %d %s" % (world, " ".join(sys.argv)))
     # DisCa is attached before parallelism (its block hooks must run inside the plan's split hooks)
     apply_disca(pipe, DisCaHookConfig(predictor=predictor, schedule="N4", time_r_in=host.time_r_in))
     if args.key_mask:
@@ -214,7 +214,8 @@ def main(argv=None) -> None:
 
         from disca.hosts.diffusers_parallel import enable_context_parallel
 
-        enable_context_parallel(pipe, ContextParallelConfig(ulysses_degree=world, ulysses_anything=args.arch == ARCH_HV15))
+        enable_context_parallel(pipe, ContextParallelConfig(ulysses_degree=world,
+                                                            ulysses_anything=args.arch == ARCH_HV15))
     runs, latents = {}, {}
     for schedule, steps in ((AnchorSchedule(interval=1, name="N1"), 2), ("N4", args.steps)):
         name = getattr(schedule, "name", schedule)
@@ -235,7 +236,8 @@ def main(argv=None) -> None:
         dist.all_gather_object(gathered, checksum)
         report["ranks_same_weights"] = len(set(gathered)) == 1
     if rank == 0:
-        (out / f"result_{args.arch}_{world}gpu{'_key_mask' if args.key_mask else ''}.json").write_text(json.dumps(report, indent=1))
+        name = f"result_{args.arch}_{world}gpu{'_key_mask' if args.key_mask else ''}.json"
+        (out / name).write_text(json.dumps(report, indent=1))
         print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1), flush=True)
     dist.destroy_process_group()
 

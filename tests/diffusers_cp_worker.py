@@ -50,7 +50,8 @@ def main(arch: str, folder: str) -> None:
     cache_bytes = []
 
     def after_each_call(module, args, output):
-        cache_bytes.append(sum(state.run.cache.nbytes for state in transformer_hook.state_manager._state_cache.values()))
+        states = transformer_hook.state_manager._state_cache.values()
+        cache_bytes.append(sum(state.run.cache.nbytes for state in states))
 
     case.host.transformer.register_forward_hook(after_each_call)
     latents = case.sample()

@@ -36,7 +36,8 @@ class Case:
             if meanflow:
                 self.host.add_time_r_embedder()
                 _randomize(self.host.time_r_in, 4)
-            self.pipe = HunyuanVideoPipeline.from_pretrained(path, transformer=self.host.transformer, scheduler=scheduler)
+            self.pipe = HunyuanVideoPipeline.from_pretrained(path, transformer=self.host.transformer,
+                                                             scheduler=scheduler)
         else:
             self.host = tiny_host(arch, seed=3, target_size=16, use_meanflow=meanflow, **_heads(heads))
             if meanflow:

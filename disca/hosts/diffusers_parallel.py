@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video15 import (HunyuanVideo15AttnProcessor2_0,
                                                                        dispatch_attention_fn)
 from torch import nn
@@ -74,13 +75,11 @@ class KeyMaskAttnProcessor(HunyuanVideo15AttnProcessor2_0):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         if (self._parallel_config is None and not self.always) or attention_mask is None:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        from diffusers.models.embeddings import apply_rotary_emb
-
         def heads(x):
             return x.unflatten(2, (attn.heads, -1))
 
-        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
-        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key = attn.norm_q(heads(attn.to_q(hidden_states))), attn.norm_k(heads(attn.to_k(hidden_states)))
+        value = heads(attn.to_v(hidden_states))
         query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
         key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         text_q, text_k = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
