@@ -205,10 +205,10 @@ def main(argv=None) -> None:
     # DisCa is attached before parallelism (its block hooks must run inside the plan's split hooks)
     apply_disca(pipe, DisCaHookConfig(predictor=predictor, schedule="N4", time_r_in=host.time_r_in))
     if args.key_mask:
-        from disca.hosts.diffusers_parallel import _use_key_mask_processors
+        from disca.hosts.diffusers_parallel import use_key_mask_processors
 
-        _use_key_mask_processors(host.transformer, always=True)
-        _use_key_mask_processors(predictor, always=True)
+        use_key_mask_processors(host.transformer, always=True)
+        use_key_mask_processors(predictor, always=True)
     if world > 1:
         from diffusers import ContextParallelConfig
 

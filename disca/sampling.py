@@ -29,9 +29,6 @@ from .schedules import AnchorSchedule
 log = logging.getLogger("disca")
 BATCH_KEY = ("batch",)  # the runtime keys its cache by the conds of a call; here every call is the whole batch
 
-# how a non-anchor step gets its output in `sample_cached`: the runtime's modes (`disca.runtime.MODES`)
-CACHED_MODES = MODES
-
 
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """Euler / MeanFlow step x_r = x_t + (r - t) * u; x, velocity: [B, ...]; sigma, sigma_next: [B]."""
@@ -87,8 +84,8 @@ def sample_cached(host, noise: torch.Tensor, sigmas: torch.Tensor, cond: dict, a
     anchors = tuple(sorted(set(anchors)))
     if 0 not in anchors:
         raise ValueError(f"anchors {list(anchors)} must include step 0: a cached step needs an anchor before it")
-    if mode not in CACHED_MODES:
-        raise ValueError(f"mode must be one of {CACHED_MODES}, got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == MODE_PREDICTOR and predictor is None:
         raise ValueError("mode 'predictor' needs the predictor module")
     x, batch = noise.float(), noise.shape[0]

@@ -91,6 +91,17 @@ class AnchorSchedule:
         preset = PRESETS[name]
         return cls(anchors=preset.anchors, interval=preset.interval, steps=preset.steps, name=name)
 
+    @classmethod
+    def parse(cls, text: str) -> "AnchorSchedule":
+        """A preset's name (`t2v_official_8of20`, `N4`, ...) or a step list ("0 1 2 5 9 13 17 19")."""
+        if text in PRESETS:
+            return cls.from_preset(text)
+        try:
+            return cls(anchors=parse_step_list(text), name=text)
+        except ScheduleError as error:
+            raise ScheduleError(f"{text!r} is neither a preset ({sorted(PRESETS)}) nor a valid step list: {error}") \
+                from None
+
     def anchor_steps(self, total_steps: int) -> frozenset[int]:
         """The anchor indices for a run of `total_steps` sampler steps; errors name the fix."""
         if total_steps < 1:

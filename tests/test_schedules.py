@@ -61,3 +61,10 @@ def test_flow_sigmas_match_the_official_shifted_schedule():
     assert torch.allclose(flow_sigmas(4, 1.0), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
     with pytest.raises(ScheduleError, match="shift must be > 0"):
         flow_sigmas(4, 0.0)
+
+
+def test_parse_reads_a_preset_or_a_step_list_and_names_both_on_error():
+    assert AnchorSchedule.parse("t2v_official_8of20") == AnchorSchedule.from_preset("t2v_official_8of20")
+    assert AnchorSchedule.parse("0 2 5").anchor_steps(8) == frozenset({0, 2, 5})
+    with pytest.raises(ScheduleError, match=r"'N9' is neither a preset \(.*'N4'.*\) nor a valid step list"):
+        AnchorSchedule.parse("N9")

@@ -12,7 +12,7 @@ import os
 import typing
 from dataclasses import dataclass
 
-from disca.schedules import PRESETS, AnchorSchedule, ScheduleError, parse_step_list
+from disca.schedules import AnchorSchedule, ScheduleError
 
 STAGES = ("predictor", "meanflow", "cfg_distill", "flow_matching")
 LR_SCHEDULES = ("constant", "cosine")
@@ -149,17 +149,10 @@ class PredictorConfig(CommonConfig):
                  "[[datasets]] image_directory, or leave it empty for text-to-video")
 
     def anchor_schedules(self) -> list[AnchorSchedule]:
-        out = []
-        for entry in self.schedules:
-            if entry in PRESETS:
-                out.append(AnchorSchedule.from_preset(entry))
-                continue
-            try:
-                out.append(AnchorSchedule(anchors=parse_step_list(entry), name=entry))
-            except ScheduleError as error:
-                raise ConfigError(f"config key 'schedules': entry {entry!r} is neither a preset ({sorted(PRESETS)}) "
-                                  f"nor a valid step list: {error}") from None
-        return out
+        try:
+            return [AnchorSchedule.parse(entry) for entry in self.schedules]
+        except ScheduleError as error:
+            raise ConfigError(f"config key 'schedules': entry {error}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -326,7 +326,7 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
         return executor(*args, **kwargs)
     setup: DisCaSetup = options[SETUP_OPTION]
     return run.call(tuple(options["uuids"]), call.arguments["x"], call.arguments["timestep"],
-                    full_step=lambda capture: _full_forward(executor, call, setup, capture),
+                    full_step=lambda capture: _full_forward(executor, call, capture),
                     cached_step=lambda hidden: _forward_from_cache(executor, call, setup, hidden))
 
 
@@ -337,7 +337,7 @@ def _last_block_key(module) -> tuple[str, int]:
     return "double_block", len(module.double_blocks) - 1
 
 
-def _full_forward(executor, call, setup: DisCaSetup, capture: bool):
+def _full_forward(executor, call, capture: bool):
     """The stock forward; with `capture`, the last block's output tokens are kept as the cache."""
     if not capture:
         return executor(*call.args, **call.kwargs), None
@@ -391,11 +391,12 @@ def _pass_single(args, extra):
 
 
 def _cached_tokens(cached: tuple):
-    """The last block's patch for cache reuse: its output is the anchor's, in the same token order."""
+    """The last block's patch for cache reuse: its output is the anchor's, in the same token order. Copies: the stock
+    loop adds ControlNet outputs in place to what a block returns, which must not reach the stored cache."""
     def reuse(args, extra):
         for stored, current in zip(cached, (args["img"], args.get("txt"))):
             _check_cache(stored, current)
-        return dict(zip(("img", "txt"), cached))
+        return {name: stored.clone() for name, stored in zip(("img", "txt"), cached)}
 
     return reuse
 

@@ -34,7 +34,7 @@ from disca.hosts.diffusers import DiffusersPredictor, arch_of
 from disca.predictor import predictor_bytes
 from disca.runtime import (CACHE_ON_COMPUTE_DEVICE, HIDDEN_STATE_MODES, MODE_PREDICTOR, MODE_REUSE_CACHE, DisCaConfig,
                            DisCaRun)
-from disca.schedules import AnchorSchedule, PRESETS, parse_step_list
+from disca.schedules import AnchorSchedule
 
 log = logging.getLogger("disca")
 
@@ -59,11 +59,7 @@ class DisCaHookConfig:
     time_r_in: nn.Module | None = None
 
     def anchor_schedule(self) -> AnchorSchedule:
-        if isinstance(self.schedule, AnchorSchedule):
-            return self.schedule
-        if self.schedule in PRESETS:
-            return AnchorSchedule.from_preset(self.schedule)
-        return AnchorSchedule(anchors=parse_step_list(self.schedule), name="step_list")
+        return self.schedule if isinstance(self.schedule, AnchorSchedule) else AnchorSchedule.parse(self.schedule)
 
 
 class _BlockControl:
@@ -99,6 +95,7 @@ class DisCaTransformerHook(ModelHook):
         self.config, self.predictor, self.scheduler, self.control = config, predictor, scheduler, control
         self.state_manager = StateManager(_RunState)
         self.meanflow_r = False  # 1.0 with `time_r_in`: this hook hands r to the time embedder's hook
+        self._signature = None  # of the wrapped forward, read at the first call (fn_ref is set after registering)
 
     def reset_state(self, module):
         self.state_manager.reset()
@@ -120,7 +117,9 @@ class DisCaTransformerHook(ModelHook):
         return state, step
 
     def new_forward(self, module, *args, **kwargs):
-        call = inspect.signature(self.fn_ref.original_forward).bind(*args, **kwargs)
+        if self._signature is None:
+            self._signature = inspect.signature(self.fn_ref.original_forward)
+        call = self._signature.bind(*args, **kwargs)
         state, step = self._run()
         timestep = call.arguments["timestep"]
         if self.meanflow_r:

@@ -162,7 +162,7 @@ def enable_context_parallel(pipe, config) -> None:
         raise ValueError(f"ulysses_degree {degree} must divide the model's {transformer.config.num_attention_heads} "
                          "attention heads")
     if arch != ARCH_HV10:
-        _use_key_mask_processors(transformer)
+        use_key_mask_processors(transformer)
     with _one_device_without_accelerator():
         transformer.enable_parallelism(config=config, cp_plan=HV10_CP_PLAN if arch == ARCH_HV10 else HV15_CP_PLAN)
     if arch == ARCH_HV10:
@@ -191,7 +191,8 @@ def _one_device_without_accelerator():
         torch.accelerator.device_count = count
 
 
-def _use_key_mask_processors(module: nn.Module, always: bool = False) -> None:
+def use_key_mask_processors(module: nn.Module, always: bool = False) -> None:
+    """1.5's attention processors in `module` as KeyMaskAttnProcessor (`always`: also without context parallelism)."""
     for child in module.modules():
         if isinstance(getattr(child, "processor", None), HunyuanVideo15AttnProcessor2_0) and not isinstance(
                 child.processor, KeyMaskAttnProcessor):
@@ -204,7 +205,7 @@ def parallelize_predictor(predictor: nn.Module, transformer: nn.Module) -> None:
     if parallel is None or parallel.context_parallel_config is None:
         return
     if arch_of(transformer) != ARCH_HV10:
-        _use_key_mask_processors(predictor)
+        use_key_mask_processors(predictor)
     for child in predictor.modules():
         processor = getattr(child, "processor", None)
         if processor is not None and hasattr(processor, "_parallel_config"):
