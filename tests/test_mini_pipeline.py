@@ -80,3 +80,45 @@ def test_shipped_demo_weights_fit_the_budget_and_carry_metadata():
     _, metadata = load_safetensors(os.path.join(SHIPPED, "dit.safetensors"))
     assert any(k.startswith("disca") for k in metadata)
     load_predictor_file(os.path.join(SHIPPED, "predictor.safetensors"))
+
+
+def test_training_stages_run_on_two_processes_resume_and_refuse_the_rest(tmp_path):
+    """v3's teacher runs under `accelerate launch` on every GPU of a lease (benchmarks/mini/device.sh teacher-ddp):
+    here 2 gloo processes. The preset's batch is global (split per process); a stage whose output is missing but
+    whose checkpoint exists continues from it; the stages that must run in one process are refused up front."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = str(tmp_path / "mini")
+    run.run("smoke", out, stages=("data",))
+    launch = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+              "-m", "benchmarks.mini.run", "--out", out, "--preset", "smoke"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+
+    def launched(*args, check=True):
+        result = subprocess.run(launch + list(args), env=env, cwd=str(repo), capture_output=True, text=True, timeout=300)
+        assert not check or result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    refused = launched("--stages", "classifier,teacher", check=False)
+    assert refused.returncode != 0 and "['classifier'] in one process first" in refused.stderr
+    assert not os.path.exists(os.path.join(out, "teacher"))
+
+    launched("--stages", "teacher")
+    paths = run.Paths(out)
+    report = json.load(open(os.path.join(paths.folder("teacher"), "report.json")))
+    assert report["processes"] == 2 and report["rank_param_max_abs_diff"] == 0.0
+    assert json.load(open(os.path.join(paths.folder("teacher"), "stage_seconds.json")))["resumed"] is False
+    from training.loop import latest_checkpoint
+    config = json.load(open(os.path.join(latest_checkpoint(paths.folder("teacher")), "train_state.json")))
+    assert config["run"]["batch_size"] == run.PRESETS["smoke"].teacher["batch_size"] // 2
+
+    steps = run.PRESETS["smoke"].teacher["max_steps"]
+    os.remove(paths["teacher"])  # a lease ended after the last checkpoint: the stage continues, to more steps here
+    launched("--stages", "teacher", "--teacher-steps", str(steps + 2))
+    assert json.load(open(os.path.join(paths.folder("teacher"), "report.json")))["steps"] == steps + 2
+    assert json.load(open(os.path.join(paths.folder("teacher"), "stage_seconds.json")))["resumed"] is True

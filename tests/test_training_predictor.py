@@ -83,6 +83,19 @@ def test_exported_predictor_loads_and_beats_cache_reuse_on_held_out_prompts(hv10
     assert json.loads(file.metadata["disca.held_out"]) == held_out
 
 
+@pytest.mark.parametrize("arch", [ARCH_HV10, ARCH_HV15])
+def test_the_untrained_predictor_is_cache_reuse_on_held_out_pairs(tmp_path, arch):
+    """The fusion pass-through's SiLU curvature (s C^2 / 2) put the start 1.6% (tiny) to 14% (DisCa-mini v2) above
+    cache reuse at slope 0.02; at FUSION_SLOPE it is below fp32 noise, so 'no worse than the start' is 'no worse
+    than cache reuse'. One training step, so the step-0 evaluation is the start's."""
+    paths = write_tiny_run_files(str(tmp_path), arch, meanflow=arch == ARCH_HV10)
+    config = predictor_config(tmp_path, paths, arch, max_steps=1, mse_steps=1, eval_every=1, checkpoint_every=1)
+    held_out = train(config)["held_out"]
+    print(f"\n{arch}: untrained predictor {held_out['predictor_mse_initial']:.6f}, cache reuse "
+          f"{held_out['cache_reuse_mse']:.6f}")
+    assert held_out["predictor_mse_initial"] == pytest.approx(held_out["cache_reuse_mse"], rel=1e-3)
+
+
 def test_hv15_predictor_stage_trains_double_stream_predictor(tmp_path):
     paths = write_tiny_run_files(str(tmp_path), ARCH_HV15, meanflow=False)
     config = predictor_config(tmp_path, paths, ARCH_HV15, schedules=["0 2 4 7"], max_steps=80, mse_steps=60,
@@ -128,5 +141,5 @@ def test_a_loss_spike_never_reaches_the_exported_file(tmp_path):
           f"{got['cache_reuse_mse']:.5f}; training loss {report['mse_curve'][0]:.4f} -> {report['mse_curve'][-1]:.4f}")
     # the file is bf16: its weights are the start's rounded, 1e-3 of the MSE here
     assert got["predictor_mse"] <= 1.01 * initial["predictor_mse"]
-    # the pass-through reproduces cache reuse up to its quadratic term (init_fusion_as_cache_passthrough): +3% here
-    assert got["predictor_mse"] <= 1.05 * got["cache_reuse_mse"]
+    # the start is cache reuse (test_the_untrained_predictor_is_cache_reuse_on_held_out_pairs), the file its bf16 copy
+    assert got["predictor_mse"] <= 1.01 * got["cache_reuse_mse"]

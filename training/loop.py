@@ -124,8 +124,9 @@ def lr_at(step: int, peak: float, warmup_steps: int, schedule: str = "constant",
 
 
 def set_lr(optimizer, lr: float) -> None:
+    """Every group's rate to `lr`, times the group's `lr_scale` where it has one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:

@@ -377,7 +377,8 @@ def build_predictor(config: PredictorConfig, host: HunyuanVideoHost) -> Diffuser
     return DiffusersPredictor.from_file(file, config.init_predictor)
 
 
-FUSION_SLOPE = 0.02  # s * rms(cache): small enough that SiLU is ~linear (quadratic error ~ s/2), large enough for bf16
+FUSION_SLOPE = 0.002  # s * rms(cache): small enough that SiLU's curvature is below fp32 noise (start = cache reuse)
+TRAINING_SLOPE = 0.02  # the slope whose training dynamics the learning-rate scales below reproduce
 
 
 @torch.no_grad()
@@ -386,11 +387,10 @@ def init_fusion_as_cache_passthrough(predictor: DiffusersPredictor, pool: list[T
     the training-free cache-reuse baseline and training only has to learn the correction from the current tokens.
 
     SiLU(z) = z/2 + z^2/4 + O(z^4) near 0: with Linear 1 = [0 | s I] and Linear 2 = (2/s) I the output is
-    C + s C^2 / 2; s = FUSION_SLOPE / rms(C) makes the relative error ~0.01 |C| / rms(C), with SiLU inputs far
-    above bf16 rounding.
+    C + s C^2 / 2; s = FUSION_SLOPE / rms(C) keeps that term ~0.001 |C| / rms(C) (training/README.md, "Predictor
+    initialisation"). Train it with `fusion_param_groups`, which undoes what the small slope does to Adam's steps.
     """
-    fusions = [predictor.fusion_mlp] if predictor.spec.arch != ARCH_HV15 else [predictor.fusion_mlp_img, predictor.fusion_mlp_txt]
-    for fusion, part in zip(fusions, range(len(pool[0].caches) if predictor.spec.arch == ARCH_HV15 else 1)):
+    for fusion, part in _fusions(predictor):
         rms = torch.cat([t.caches[part].float().reshape(-1) for t in pool]).pow(2).mean().sqrt().clamp_min(1e-6)
         slope = FUSION_SLOPE / float(rms)
         hidden = fusion[2].weight.shape[0]
@@ -400,6 +400,29 @@ def init_fusion_as_cache_passthrough(predictor: DiffusersPredictor, pool: list[T
         fusion[0].bias.zero_()
         fusion[2].weight.copy_(eye * (2.0 / slope))
         fusion[2].bias.zero_()
+
+
+def fusion_param_groups(predictor: DiffusersPredictor) -> list[dict]:
+    """Parameter groups with `lr_scale`s (read by `loop.set_lr`) for a predictor started by
+    `init_fusion_as_cache_passthrough`. Adam moves each weight by ~lr whatever its gradient's size, and Linear 2's
+    gain 2/s turns a step on Linear 1 into an output change ~lr/s, while a step on Linear 2 changes it by ~lr s:
+    scaling Linear 1's rate by FUSION_SLOPE/TRAINING_SLOPE and Linear 2's weight's by the inverse gives the
+    optimiser the dynamics of TRAINING_SLOPE from a start without its curvature error."""
+    ratio = FUSION_SLOPE / TRAINING_SLOPE
+    scaled = {}
+    for fusion, _ in _fusions(predictor):
+        scaled.update({id(fusion[0].weight): ratio, id(fusion[0].bias): ratio, id(fusion[2].weight): 1.0 / ratio})
+    groups: dict[float, list] = {}
+    for parameter in predictor.parameters():
+        groups.setdefault(scaled.get(id(parameter), 1.0), []).append(parameter)
+    return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
+
+
+def _fusions(predictor: DiffusersPredictor) -> list[tuple[torch.nn.Sequential, int]]:
+    """(fusion MLP, index of the cache it fuses): 1.0 has one, 1.5 one per stream (image, text)."""
+    if predictor.spec.arch == ARCH_HV15:
+        return [(predictor.fusion_mlp_img, 0), (predictor.fusion_mlp_txt, 1)]
+    return [(predictor.fusion_mlp, 0)]
 
 
 def schedule_metadata(config: PredictorConfig) -> tuple[list | None, list | None]:
@@ -441,7 +464,8 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
         init_fusion_as_cache_passthrough(predictor, pool)
     taps = config.disc_taps or default_taps(len(host.main_blocks()))
     discriminator = FeatureDiscriminator(host.hidden_size, taps, config.disc_width)
-    opt_p = torch.optim.AdamW(predictor.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
+    groups = predictor.parameters() if config.init_predictor else fusion_param_groups(predictor)
+    opt_p = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.99),
                               weight_decay=config.weight_decay)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=config.disc_learning_rate, betas=(0.0, 0.99))
     predictor, discriminator, opt_p, opt_d = accelerator.prepare(predictor, discriminator, opt_p, opt_d)

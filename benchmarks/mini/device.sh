@@ -3,23 +3,43 @@
 # held at most 30 minutes, run one command at most 10 minutes and return files of at most 16 MB. `run.py` is the
 # run; this script only starts it in its own process session (so it outlives a command) and fetches its results.
 #
-#   lease 1:  device.sh teacher;  device.sh wait (until it reports done);  device.sh collect-teacher
-#   lease 2:  (carry runs/mini/teacher and runs/mini/classifier.*)  device.sh rest;  device.sh wait ...;  device.sh collect
+#   v2, lease 1:  device.sh teacher;  device.sh wait (until it reports done);  device.sh collect-teacher
+#   v2, lease 2:  (carry runs/mini/teacher and runs/mini/classifier.*)  device.sh rest;  device.sh wait ...;  device.sh collect
+#   v3, lease 1:  device.sh prepare;  device.sh teacher-ddp;  device.sh wait ...;  device.sh collect-teacher
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
 # leases compute what one uninterrupted `python -m benchmarks.mini.run --out runs/mini` computes.
 set -euo pipefail
 RUN=${MINI_RUN:-runs/mini}
+PRESET=${MINI_PRESET:-v3}  # the v2 leases ran with MINI_PRESET=v2 (then called `full`)
 TEACHER_SECONDS=${TEACHER_SECONDS:-1140}  # the teacher's share of lease 1
 mkdir -p "$RUN"
 
 start() {  # start run.py on the given stages in the background, in its own session
-  setsid nohup python3 -m benchmarks.mini.run --out "$RUN" "$@" > "$RUN/lease.log" 2>&1 < /dev/null &
+  setsid nohup python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" "$@" > "$RUN/lease.log" 2>&1 < /dev/null &
   echo $! > "$RUN/lease.pid"
   echo "started run.py $* (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log"
 }
 
+launch2() {  # the training stages on every GPU of the machine (DDP; run.py splits the preset's global batch)
+  accelerate launch --config_file training/configs/accelerate_ddp.yaml --num_processes "$(nvidia-smi -L | wc -l)" \
+    --main_process_port 0 -m benchmarks.mini.run "$@"
+}
+
 case "${1:-}" in
+  prepare)  # v3, lease 1, before the teacher: data and classifier in one process (the teacher reads them)
+    python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" --stages data,classifier > "$RUN/prepare.log" 2>&1 ;;
+  teacher-ddp)
+    # v3: the teacher on every GPU; steps = what fits TEACHER_SECONDS at the throughput a 300-step probe measures
+    python3 -m benchmarks.mini.run --out /tmp/mini-probe --preset probe --stages data > /tmp/mini-probe.log 2>&1
+    launch2 --out /tmp/mini-probe --preset probe --stages teacher >> /tmp/mini-probe.log 2>&1
+    step_s=$(python3 -c "import json; print(json.load(open('/tmp/mini-probe/teacher/report.json'))['step_seconds_median'])")
+    steps=$(python3 -c "print(int($TEACHER_SECONDS / $step_s) // 500 * 500)")
+    echo "teacher probe: median step ${step_s}s on $(nvidia-smi -L | wc -l) GPU(s) -> $steps steps in ${TEACHER_SECONDS}s"
+    setsid nohup bash -c "$(declare -f launch2); launch2 --out '$RUN' --preset '$PRESET' --stages teacher --teacher-steps $steps" \
+      > "$RUN/lease.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/lease.pid"
+    echo "started the teacher (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log" ;;
   teacher)
     # teacher steps = what fits TEACHER_SECONDS at the throughput measured here (probe preset: full-size batches)
     python3 -m benchmarks.mini.run --out /tmp/mini-probe --preset probe --stages data,teacher > /tmp/mini-probe.log 2>&1
@@ -33,14 +53,19 @@ case "${1:-}" in
     for _ in $(seq $(( ${2:-540} / 10 ))); do kill -0 "$(cat "$RUN/lease.pid")" 2>/dev/null || break; sleep 10; done
     tr '\r' '\n' < "$RUN/lease.log" | grep -v '^\s*$' | tail -n 12
     kill -0 "$(cat "$RUN/lease.pid")" 2>/dev/null && echo "RUNNING" || echo "DONE" ;;
+  evaluate)  # every row whose models exist (after the teacher: the teacher's own row)
+    python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" --stages evaluate > "$RUN/evaluate.log" 2>&1
+    tail -n 5 "$RUN/evaluate.log" ;;
   collect-teacher)
     split -b 15M "$RUN/teacher/flow_matching_dit.safetensors" "$OUT/teacher.part-"
     cp "$RUN/classifier.safetensors" "$RUN/classifier.json" "$RUN/lease.log" "$OUT/"
+    cp "$RUN"/*.log "$RUN/results.json" "$OUT/" 2>/dev/null || true
     tar czf "$OUT/reports.tgz" -C "$RUN" preset.json teacher/report.json teacher/stage_seconds.json ;;
   collect)
     split -b 15M "$RUN/embedded/dit.safetensors" "$OUT/dit.part-"
     cp "$RUN/results.json" "$RUN/strip.safetensors" "$RUN/embedded/predictor.safetensors" "$RUN/lease.log" \
        "$RUN/calibrate/calibration.json" "$OUT/"
     tar czf "$OUT/reports.tgz" -C "$RUN" preset.json embedded/demo.json $(cd "$RUN" && ls */report.json */stage_seconds.json) ;;
-  *) echo "usage: $0 teacher | rest | wait [seconds] | collect-teacher | collect" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare | teacher-ddp | teacher | rest | wait [seconds] | evaluate | collect-teacher | collect" >&2
+     exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 """DisCa-mini, end to end from one seed: data -> classifier -> teacher -> CFG distillation -> MeanFlow (R = 0.2 and
 R = 1.0) -> predictor (MSE, then GAN) -> evaluation -> RESULTS.md, plots and the embedded demo model.
 
-    python -m benchmarks.mini.run --out runs/mini                  # the full run (H100: 31 GPU minutes)
+    python -m benchmarks.mini.run --out runs/mini                  # the v3 run (GPU; stage minutes in RESULTS.md)
     python -m benchmarks.mini.run --out runs/mini --preset smoke   # the same code on a toy budget (CPU, ~1 minute)
     python -m benchmarks.mini.run --out runs/mini --stages teacher,cfg_distill   # some stages (the rest must exist)
 
@@ -47,7 +47,8 @@ TEACHER_STEPS = 10000  # see Preset.teacher
 
 @dataclass(frozen=True)
 class Preset:
-    """Everything a run depends on besides the code. `full` is the committed run; `smoke` exercises the same path."""
+    """Everything a run depends on besides the code. `v3` is the current model, `v2` the one the committed v2 logs
+    came from; `smoke` exercises the same path."""
 
     spec: ClipSpec = ClipSpec(frames=9, size=64)  # 9 frames: motion is plain over 8 steps, half the tokens of 17
     train_clips: int = 32768  # ~28 clips per primary-object attribute combination (1152)
@@ -62,6 +63,7 @@ class Preset:
     cfg_scale: float = 4.0  # the teacher's guidance; the distilled students are sampled with it embedded
     # the first run's 4000 x 128 teacher learnt colour but not shape, motion or count (README, "Results"): this one
     # sees ~5x the samples; max_steps was set from the teacher's measured throughput to fit one device lease
+    # batch_size is global: a teacher launched on several processes (DDP) draws batch_size / processes per process
     teacher: dict = field(default_factory=lambda: dict(max_steps=TEACHER_STEPS, batch_size=256, learning_rate=6e-4,
                                                        warmup_steps=500, lr_schedule="cosine", prompt_dropout=0.1,
                                                        data_on_device=True))
@@ -87,8 +89,14 @@ class Preset:
     eval_batch: int = 64
 
 
+# v3 (issue 16): 128 wide (one 128-dim head, the head width ComfyUI's detection assumes) and 4 + 20 blocks, so the
+# 2-block predictor costs ~12% of a DiT call (benchmarks/mini/README.md, "Toward v3") instead of v2's 62%, and the
+# DiT + predictor fit the demo's 25 MB (15.9 + 1.1 MB in bf16)
+V3_DIT = dict(num_attention_heads=1, num_layers=4, num_single_layers=20)
+V3_TEACHER_STEPS = 8000  # set from the probe's throughput on two H200s (README, "v3")
 PRESETS = {
-    "full": Preset(),  # the committed run: 31 H100 minutes of stages over two leases (stage times in RESULTS.md)
+    "v2": Preset(),  # the v2 run: 31 H100 minutes of stages over two leases (logs/, the v2 README section)
+    "v3": Preset(dit=V3_DIT, teacher=dict(Preset().teacher, max_steps=V3_TEACHER_STEPS, checkpoint_every=1000)),
     "smoke": Preset(spec=ClipSpec(frames=3, size=32), train_clips=48, held_out=6, real_reference=12,
                     dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2),
                     classifier=ClassifierTraining(clips=32, steps=3, batch_size=8), classifier_min_accuracy=0.0,
@@ -101,12 +109,12 @@ PRESETS = {
 }
 # full sizes, a few steps of everything: times each stage on the GPU and runs the whole path once (budgeting `full`)
 PRESETS["probe"] = dataclasses.replace(
-    PRESETS["full"], train_clips=2048, held_out=64, real_reference=256,
+    PRESETS["v3"], train_clips=2048, held_out=64, real_reference=256,
     classifier=ClassifierTraining(clips=1024, steps=100, batch_size=64), classifier_min_accuracy=0.0,
-    teacher=dict(PRESETS["full"].teacher, max_steps=300, warmup_steps=50),
-    cfg_distill=dict(PRESETS["full"].cfg_distill, max_steps=100, warmup_steps=20),
-    meanflow=dict(PRESETS["full"].meanflow, max_steps=100, warmup_steps=20, tangent_warmup_steps=50),
-    predictor_prompts=48, predictor=dict(PRESETS["full"].predictor, held_out_prompts=8),
+    teacher=dict(PRESETS["v3"].teacher, max_steps=300, warmup_steps=50),
+    cfg_distill=dict(PRESETS["v3"].cfg_distill, max_steps=100, warmup_steps=20),
+    meanflow=dict(PRESETS["v3"].meanflow, max_steps=100, warmup_steps=20, tangent_warmup_steps=50),
+    predictor_prompts=48, predictor=dict(PRESETS["v3"].predictor, held_out_prompts=8),
     predictor_mse_steps=100, predictor_gan_steps=100)
 SEED = 0
 
@@ -142,7 +150,8 @@ class Paths:
 # ---------------------------------------------------------------------------------------------------- stages
 
 def make_data(preset: Preset, paths: Paths) -> None:
-    """Prompt caches (train + the predictor's subset), the empty negative, and the training latents (fp16)."""
+    """Prompt caches (train + the predictor's subset), the empty negative, the training latents (fp16) and the
+    teacher's initial DiT: everything the training stages read, made in one process before any of them starts."""
     folder = os.path.dirname(paths["prompts"])
     write_prompt_caches(folder, preset.train_clips, TRAIN_SEED, preset.spec)
     write_prompt_caches_subset(paths["prompts"], paths["predictor_prompts"], preset.predictor_prompts)
@@ -151,6 +160,7 @@ def make_data(preset: Preset, paths: Paths) -> None:
         video, _, _ = make_batch(TRAIN_SEED, range(start, min(start + 1024, preset.train_clips)), preset.spec)
         chunks.append(to_latents(video).half())
     save_latents(paths["latents"], torch.cat(chunks))
+    init_dit(preset, paths["init_dit"])
 
 
 def write_prompt_caches_subset(source: str, target: str, count: int) -> None:
@@ -225,17 +235,34 @@ def latent_shape(preset: Preset) -> tuple[int, int, int]:
 
 
 def run_training_stage(name: str, raw: dict) -> dict:
+    """One `training/` stage in this process (one rank of it under `accelerate launch`); continues from the stage's
+    latest checkpoint when there is one, so a stage cut short by the end of a lease resumes on the next."""
     from training.cfg_distill import train as train_cfg
     from training.flow_matching import train as train_fm
+    from training.loop import latest_checkpoint
     from training.meanflow import train as train_mf
     from training.predictor import train as train_predictor
 
-    config = build_config(raw, source=f"DisCa-mini stage {name}")
+    processes = world_size()
+    if raw["batch_size"] % processes:
+        raise ValueError(f"stage {name}: batch_size {raw['batch_size']} does not split over {processes} processes")
+    config = build_config(dict(raw, batch_size=raw["batch_size"] // processes), source=f"DisCa-mini stage {name}")
     train = {"flow_matching": train_fm, "cfg_distill": train_cfg, "meanflow": train_mf, "predictor": train_predictor}[config.stage]
     started = time.perf_counter()
-    report = train(config)
-    _write_json(os.path.join(config.output_dir, "stage_seconds.json"), {"seconds": time.perf_counter() - started})
+    resuming = latest_checkpoint(config.output_dir) is not None
+    report = train(config, resume=resuming)
+    if is_main_process():
+        _write_json(os.path.join(config.output_dir, "stage_seconds.json"),
+                    {"seconds": time.perf_counter() - started, "processes": processes, "resumed": resuming})
     return report
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -401,9 +428,12 @@ def embed(preset: Preset, paths: Paths) -> None:
 
 # ---------------------------------------------------------------------------------------------------- driver
 
+MULTI_PROCESS_STAGES = ("teacher", "cfg_distill", "meanflow_R0.2", "meanflow_R1.0")  # DDP under `accelerate launch`
+
+
 def stage_done(stage: str, paths: Paths) -> bool:
     if stage == "data":
-        return all(os.path.isfile(p) for p in (paths["prompts"], paths["negative"], paths["latents"], paths["predictor_prompts"]))
+        return all(os.path.isfile(paths[name]) for name in ("prompts", "negative", "latents", "predictor_prompts", "init_dit"))
     if stage == "evaluate":
         return _read_json(paths["evaluate"]).get("complete", False)
     return os.path.isfile(paths[stage])
@@ -415,14 +445,19 @@ def run(preset_name: str, out: str, stages: tuple[str, ...] = STAGES, device: st
     if teacher_steps:
         preset = dataclasses.replace(preset, teacher=dict(preset.teacher, max_steps=teacher_steps))
     paths = Paths(out)
+    pending = [s for s in stages if not stage_done(s, paths)]
+    if world_size() > 1 and any(s not in MULTI_PROCESS_STAGES for s in pending):
+        raise SystemExit(f"under {world_size()} processes only the stages {list(MULTI_PROCESS_STAGES)} can run; run "
+                         f"{[s for s in pending if s not in MULTI_PROCESS_STAGES]} in one process first")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "bf16")  # the training stages' autocast
     os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, "preset.json"), {"name": preset_name, "seed": SEED, **dataclasses.asdict(preset)})
+    if is_main_process():
+        _write_json(os.path.join(out, "preset.json"), {"name": preset_name, "seed": SEED, **dataclasses.asdict(preset)})
     configs = stage_configs(preset, paths)
     for stage in stages:
-        if stage_done(stage, paths):
+        if stage not in pending:
             logger.info("stage %s: done already, skipped", stage)
             continue
         started = time.perf_counter()
@@ -431,10 +466,6 @@ def run(preset_name: str, out: str, stages: tuple[str, ...] = STAGES, device: st
             make_data(preset, paths)
         elif stage == "classifier":
             make_classifier(preset, paths, device)
-        elif stage == "teacher":
-            if not os.path.isfile(paths["init_dit"]):
-                init_dit(preset, paths["init_dit"])
-            run_training_stage(stage, configs[stage])
         elif stage == "calibrate":  # FD vs exact du/dt on this device, before the MeanFlow stages rely on fd_epsilon
             from training.meanflow import calibrate
             calibrate(build_config(dict(configs["meanflow_R0.2"], output_dir=paths.folder("calibrate"), batch_size=8),
@@ -456,7 +487,7 @@ def run(preset_name: str, out: str, stages: tuple[str, ...] = STAGES, device: st
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/mini", help="run folder (default runs/mini)")
-    parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="v3", choices=sorted(PRESETS))
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--teacher-steps", type=int, default=None,
