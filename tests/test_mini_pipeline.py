@@ -122,3 +122,11 @@ def test_training_stages_run_on_two_processes_resume_and_refuse_the_rest(tmp_pat
     launched("--stages", "teacher", "--teacher-steps", str(steps + 2))
     assert json.load(open(os.path.join(paths.folder("teacher"), "report.json")))["steps"] == steps + 2
     assert json.load(open(os.path.join(paths.folder("teacher"), "stage_seconds.json")))["resumed"] is True
+
+
+def test_training_latents_rendered_in_parallel_equal_the_serial_ones():
+    spec = run.PRESETS["smoke"].spec
+    serial = run.training_latents(20, spec, workers=1, chunk=8)
+    parallel = run.training_latents(20, spec, workers=2, chunk=8)
+    assert serial.shape[0] == 20 and serial.dtype == torch.float16
+    assert torch.equal(serial, parallel)

@@ -2,9 +2,9 @@
 
     OMP_NUM_THREADS=2 python -m benchmarks.mini.cost_ratio            # prints a table; --out writes it as JSON
 
-DisCa-mini's DiT as `run.init_dit` builds it (diffusers HunyuanVideo-1.0, heads of 128, 48 latent channels, the
-demo's 9x16x16 latent: 576 image tokens, 32 text tokens), with H heads, D double + S single blocks, and a predictor
-of P single-stream blocks. A full step is `host.forward` (embedding, every block, final layer); a predicted step is
+DisCa-mini's DiT as `run.init_dit` builds it (diffusers HunyuanVideo-1.0, 48 latent channels, the demo's 9x16x16
+latent: 576 image tokens, 32 text tokens), with H heads of width W, MLP ratio M, D double + S single blocks, and a
+predictor of P single-stream blocks. A full step is `host.forward` (embedding, every block, final layer); a predicted step is
 `host.predict` (embedding, fusion + P blocks, final layer), both as the demo runs them (`disca.sampling`), timed side
 by side in one process, median of `--repeats`. CPU ratios say how the cost splits; absolute times mean nothing here.
 """
@@ -21,38 +21,51 @@ import torch
 from benchmarks.mini.text import TEXT_DIM
 from disca.hosts.diffusers import HunyuanVideoHost, predictor_from_dit
 
-# (heads of 128, double, single, predictor blocks): v2 as shipped, then deeper shapes; one head (hidden 128) is what
-# keeps a deep DiT and its predictor within the demo's 25 MB of bf16 weights
-CANDIDATES = ((2, 2, 2, 2), (2, 4, 12, 2), (1, 4, 12, 2), (1, 2, 14, 2), (1, 4, 20, 2), (1, 4, 8, 1))
+# A token carries 2x2 patches of 48 channels = 192 values, and the velocity target's noise has unit variance in each:
+# a hidden width below 192 maps every output token into a fixed (width)-dimensional subspace, so the training loss
+# cannot fall below (192 - width) / 192 (hidden 128: 1/3; the v3 attempt's teacher sat at 0.40 for 2,200 steps).
+TOKEN_VALUES = 48 * 2 * 2
+
+# (heads, head width, MLP ratio, double, single, predictor blocks): v2 as shipped; 256 wide and deep (over the demo's
+# 25 MB); the 128-wide v3 attempt (loss floor); 192 wide; 256 wide, MLP ratio 2 (the GPU probe's shape); v3 (the last)
+CANDIDATES = ((2, 128, 4.0, 2, 2, 2), (2, 128, 4.0, 4, 12, 2), (1, 128, 4.0, 4, 20, 2), (3, 64, 2.0, 2, 16, 2),
+              (2, 128, 2.0, 1, 9, 1), (2, 128, 1.0, 1, 12, 1))
 
 
-def host_of(heads: int, double: int, single: int) -> HunyuanVideoHost:
+def host_of(heads: int, head_width: int, mlp_ratio: float, double: int, single: int) -> HunyuanVideoHost:
     from diffusers import HunyuanVideoTransformer3DModel
 
     torch.manual_seed(0)
     transformer = HunyuanVideoTransformer3DModel(
-        in_channels=48, out_channels=48, num_attention_heads=heads, attention_head_dim=128, num_layers=double,
-        num_single_layers=single, num_refiner_layers=1, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+        in_channels=48, out_channels=48, num_attention_heads=heads, attention_head_dim=head_width, num_layers=double,
+        num_single_layers=single, num_refiner_layers=1, mlp_ratio=mlp_ratio, patch_size=2, patch_size_t=1,
         qk_norm="rms_norm", guidance_embeds=False, text_embed_dim=TEXT_DIM, pooled_projection_dim=768,
-        rope_axes_dim=(16, 56, 56)).eval()
+        rope_axes_dim=rope_axes(head_width)).eval()
     host = HunyuanVideoHost(transformer)
     host.add_time_r_embedder()
     return host.requires_grad_(False)
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def rope_axes(head_width: int) -> tuple[int, int, int]:
+    """HunyuanVideo's (t, h, w) split of a head's rotary dimensions, (16, 56, 56) for 128, scaled to `head_width`."""
+    return (head_width // 8, head_width * 7 // 16, head_width * 7 // 16)
+
+
+def median_seconds(first, second, repeats: int) -> tuple[float, float]:
+    """Medians of `repeats` timed calls of each, alternating (so load changes on a shared CPU hit both alike)."""
+    first(), second()  # warm-up
+    times: tuple[list, list] = ([], [])
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for fn, out in ((first, times[0]), (second, times[1])):
+            started = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - started)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 @torch.no_grad()
-def measure(heads: int, double: int, single: int, depth: int, repeats: int) -> dict:
-    host = host_of(heads, double, single)
+def measure(heads: int, head_width: int, mlp_ratio: float, double: int, single: int, depth: int, repeats: int) -> dict:
+    host = host_of(heads, head_width, mlp_ratio, double, single)
     predictor = predictor_from_dit(host, depth)
     generator = torch.Generator().manual_seed(1)
     latents = torch.randn(1, 48, 9, 16, 16, generator=generator)
@@ -61,10 +74,12 @@ def measure(heads: int, double: int, single: int, depth: int, repeats: int) -> d
             "pooled_embeds": torch.randn(1, 768, generator=generator)}
     sigma, r = torch.tensor([0.7]), torch.tensor([0.6])
     _, cache = host.forward_with_cache(latents, sigma, cond, r)
-    full = median_seconds(lambda: host(latents, sigma, cond, r), repeats)
-    predicted = median_seconds(lambda: host.predict(predictor, latents, sigma, cond, cache, r), repeats)
+    full, predicted = median_seconds(lambda: host(latents, sigma, cond, r),
+                                     lambda: host.predict(predictor, latents, sigma, cond, cache, r), repeats)
     parameters = sum(p.numel() for p in host.parameters())
-    return dict(hidden=128 * heads, double=double, single=single, predictor_blocks=depth, dit_params_m=round(parameters / 1e6, 2),
+    hidden = heads * head_width
+    return dict(hidden=hidden, heads=heads, mlp_ratio=mlp_ratio, loss_floor=round(max(0, TOKEN_VALUES - hidden) / TOKEN_VALUES, 3),
+                double=double, single=single, predictor_blocks=depth, dit_params_m=round(parameters / 1e6, 2),
                 dit_bf16_mb=round(parameters * 2 / 1e6, 1),
                 predictor_bf16_mb=round(sum(p.numel() for p in predictor.parameters()) * 2 / 1e6, 1),
                 full_ms=round(1000 * full, 2), predicted_ms=round(1000 * predicted, 2),
@@ -73,15 +88,16 @@ def measure(heads: int, double: int, single: int, depth: int, repeats: int) -> d
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--out", help="write the table as JSON")
     args = parser.parse_args(argv)
-    rows = [measure(h, d, s, p, args.repeats) for h, d, s, p in CANDIDATES]
-    print("| hidden | double + single | predictor blocks | DiT params | DiT bf16 MB | predictor bf16 MB | full ms | predicted ms | "
-          "predicted / full |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    rows = [measure(*candidate, args.repeats) for candidate in CANDIDATES]
+    print("| hidden (heads) | MLP | loss floor | double + single | predictor blocks | DiT params | DiT bf16 MB | "
+          "predictor bf16 MB | full ms | predicted ms | predicted / full |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['hidden']} | {row['double']} + {row['single']} | {row['predictor_blocks']} | {row['dit_params_m']}M | "
+        print(f"| {row['hidden']} ({row['heads']}) | {row['mlp_ratio']:g} | {row['loss_floor']} | {row['double']} + "
+              f"{row['single']} | {row['predictor_blocks']} | {row['dit_params_m']}M | "
               f"{row['dit_bf16_mb']} | {row['predictor_bf16_mb']} | {row['full_ms']} | {row['predicted_ms']} | "
               f"{row['predicted_over_full']} |")
     if args.out:

@@ -89,14 +89,16 @@ class Preset:
     eval_batch: int = 64
 
 
-# v3 (issue 16): 128 wide (one 128-dim head, the head width ComfyUI's detection assumes) and 4 + 20 blocks, so the
-# 2-block predictor costs ~12% of a DiT call (benchmarks/mini/README.md, "Toward v3") instead of v2's 62%, and the
-# DiT + predictor fit the demo's 25 MB (15.9 + 1.1 MB in bf16)
-V3_DIT = dict(num_attention_heads=1, num_layers=4, num_single_layers=20)
-V3_TEACHER_STEPS = 8000  # set from the probe's throughput on two H200s (README, "v3")
+# v3 (issue 16): v2's width (256 = 2 heads of 128: wider than the 192 values a token carries, see
+# cost_ratio.TOKEN_VALUES), 1 double + 12 single blocks with MLP ratio 1, and a 1-block predictor: a predicted step
+# costs ~13% of a DiT call on this CPU (benchmarks/mini/README.md, "v3") instead of v2's 60%, and the demo's DiT
+# (with its r and guidance embedders) + predictor + classifier stay under 25 MB
+V3_DIT = dict(num_attention_heads=2, num_layers=1, num_single_layers=12, mlp_ratio=1.0)
+V3_TEACHER_STEPS = 10000  # v2's count; `device.sh teacher-ddp` sets it per lease from a probe (recorded in preset.json)
 PRESETS = {
     "v2": Preset(),  # the v2 run: 31 H100 minutes of stages over two leases (logs/, the v2 README section)
-    "v3": Preset(dit=V3_DIT, teacher=dict(Preset().teacher, max_steps=V3_TEACHER_STEPS, checkpoint_every=1000)),
+    "v3": Preset(dit=V3_DIT, teacher=dict(Preset().teacher, max_steps=V3_TEACHER_STEPS, checkpoint_every=1000),
+                 predictor=dict(Preset().predictor, depth=1)),
     "smoke": Preset(spec=ClipSpec(frames=3, size=32), train_clips=48, held_out=6, real_reference=12,
                     dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2),
                     classifier=ClassifierTraining(clips=32, steps=3, batch_size=8), classifier_min_accuracy=0.0,
@@ -116,6 +118,9 @@ PRESETS["probe"] = dataclasses.replace(
     meanflow=dict(PRESETS["v3"].meanflow, max_steps=100, warmup_steps=20, tangent_warmup_steps=50),
     predictor_prompts=48, predictor=dict(PRESETS["v3"].predictor, held_out_prompts=8),
     predictor_mse_steps=100, predictor_gan_steps=100)
+# the same probe with v2's DiT and predictor: the teacher's loss and step time side by side with v3's
+PRESETS["probe_v2"] = dataclasses.replace(PRESETS["probe"], dit=PRESETS["v2"].dit,
+                                          predictor=dict(PRESETS["probe"].predictor, depth=2))
 SEED = 0
 
 
@@ -155,12 +160,26 @@ def make_data(preset: Preset, paths: Paths) -> None:
     folder = os.path.dirname(paths["prompts"])
     write_prompt_caches(folder, preset.train_clips, TRAIN_SEED, preset.spec)
     write_prompt_caches_subset(paths["prompts"], paths["predictor_prompts"], preset.predictor_prompts)
-    chunks = []
-    for start in range(0, preset.train_clips, 1024):
-        video, _, _ = make_batch(TRAIN_SEED, range(start, min(start + 1024, preset.train_clips)), preset.spec)
-        chunks.append(to_latents(video).half())
-    save_latents(paths["latents"], torch.cat(chunks))
+    save_latents(paths["latents"], training_latents(preset.train_clips, preset.spec, workers=os.cpu_count() or 1))
     init_dit(preset, paths["init_dit"])
+
+
+def training_latents(count: int, spec: ClipSpec, workers: int, chunk: int = 1024) -> torch.Tensor:
+    """The first `count` training clips as fp16 latents. Clips are a pure function of (seed, index), so they are
+    rendered in parallel (one CPU renders ~150 clips/s: 32,768 took 274 s in one process) with the same result."""
+    ranges = [range(start, min(start + chunk, count)) for start in range(0, count, chunk)]
+    render = functools.partial(_latents_of, spec=spec)
+    if min(workers, len(ranges)) <= 1:
+        return torch.cat([render(r) for r in ranges])
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(ranges)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return torch.cat(list(pool.map(render, ranges)))
+
+
+def _latents_of(indices: range, spec: ClipSpec) -> torch.Tensor:
+    video, _, _ = make_batch(TRAIN_SEED, indices, spec)
+    return to_latents(video).half()
 
 
 def write_prompt_caches_subset(source: str, target: str, count: int) -> None:
@@ -194,9 +213,9 @@ def init_dit(preset: Preset, path: str) -> None:
     torch.manual_seed(SEED)
     channels = 3 * 16  # to_latents: 4x4 space-to-depth of RGB
     transformer = HunyuanVideoTransformer3DModel(
-        in_channels=channels, out_channels=channels, attention_head_dim=128, num_refiner_layers=1, mlp_ratio=4.0,
-        patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=False, text_embed_dim=TEXT_DIM,
-        pooled_projection_dim=768, rope_axes_dim=(16, 56, 56), **preset.dit)
+        in_channels=channels, out_channels=channels, attention_head_dim=128, num_refiner_layers=1, patch_size=2,
+        patch_size_t=1, qk_norm="rms_norm", guidance_embeds=False, text_embed_dim=TEXT_DIM, pooled_projection_dim=768,
+        rope_axes_dim=(16, 56, 56), **{"mlp_ratio": 4.0, **preset.dit})
     with torch.no_grad():
         for name, module in transformer.named_modules():
             if name == "proj_out" or name.endswith(("norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear")):
