@@ -109,7 +109,7 @@ PRESETS = {
                                                         held_out_prompts=2),
                     predictor_mse_steps=3, predictor_gan_steps=2, steps=8, teacher_steps=6, eval_batch=4),
 }
-# full sizes, a few steps of everything: times each stage on the GPU and runs the whole path once (budgeting `full`)
+# full sizes, a few steps of everything: times each stage on the GPU and runs the whole path once (budgeting `v3`)
 PRESETS["probe"] = dataclasses.replace(
     PRESETS["v3"], train_clips=2048, held_out=64, real_reference=256,
     classifier=ClassifierTraining(clips=1024, steps=100, batch_size=64), classifier_min_accuracy=0.0,
