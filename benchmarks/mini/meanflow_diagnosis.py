@@ -1,0 +1,119 @@
+"""Where a MeanFlow student's few-step samples go wrong (issue 16: why R-MeanFlow lost to R = 1.0 at 10 steps).
+
+    OMP_NUM_THREADS=2 python -m benchmarks.mini.meanflow_diagnosis --dit benchmarks/mini/weights/dit.safetensors \\
+        --out benchmarks/mini/logs/meanflow_diagnosis_v2_R0.2.json
+
+A MeanFlow student u(x, r, t) has two readings: with r = t it is the instantaneous velocity (trained by the
+`boundary_fraction` samples, whose target is the teacher's velocity), with r < t the average velocity over [r, t],
+which should equal the displacement of the flow of that instantaneous velocity divided by t - r (the MeanFlow
+identity). Along each few-step trajectory this measures, for every interval [sigma_{i+1}, sigma_i]:
+
+- `average`: |u(x_i, sigma_{i+1}, sigma_i) (sigma_i - sigma_{i+1}) - D| / |D|, D = the displacement of `--substeps`
+  Euler steps of the instantaneous velocity from x_i over the interval (the identity's error),
+- `euler`: the same for one instantaneous-velocity Euler step (what the average velocity should improve on),
+
+and for the final samples: the student's few-step sample against the fine instantaneous-velocity ODE from the same noise
+(`--substeps` per interval of the coarsest schedule), PSNR in pixel space and, with `--classifier`, the attribute
+accuracy of each. Held-out prompts and noises as the evaluation draws them (`run.eval_set`'s first `--prompts`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from benchmarks.mini.dataset import from_latents
+from benchmarks.mini.metrics import attribute_accuracy, classify, load_classifier, psnr
+from benchmarks.mini.run import PRESETS, eval_set
+from disca.hosts.diffusers import load_host
+from disca.sampling import euler_step
+from disca.schedules import flow_sigmas
+
+
+def velocity(host, x, t, r, cond, guidance):
+    g = torch.full_like(t, guidance) if host.is_guidance_embedded else None
+    return host(x, t, cond, r, g).float()
+
+
+@torch.no_grad()
+def diagnose(host, noise, cond, steps: int, shift: float, substeps: int, guidance: float) -> dict:
+    """Per-interval errors along the student's own `steps`-step trajectory, and its final sample."""
+    sigmas = flow_sigmas(steps, shift)
+    batch = noise.shape[0]
+    x = noise.float()
+    intervals = []
+    for i in range(steps):
+        t, r = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
+        fine = x
+        for j in range(substeps):  # the instantaneous velocity's flow over [r, t]
+            s = (sigmas[i] + (sigmas[i + 1] - sigmas[i]) * j / substeps).expand(batch)
+            s_next = (sigmas[i] + (sigmas[i + 1] - sigmas[i]) * (j + 1) / substeps).expand(batch)
+            fine = euler_step(fine, velocity(host, fine, s, s, cond, guidance), s, s_next)
+        reference = fine - x
+        average = euler_step(x, velocity(host, x, t, r, cond, guidance), t, r) - x
+        euler = euler_step(x, velocity(host, x, t, t, cond, guidance), t, r) - x
+        norm = reference.flatten(1).norm(dim=1)
+        intervals.append({"t": float(sigmas[i]), "r": float(sigmas[i + 1]),
+                          "average": float(((average - reference).flatten(1).norm(dim=1) / norm).mean()),
+                          "euler": float(((euler - reference).flatten(1).norm(dim=1) / norm).mean())})
+        x = x + average
+    return {"intervals": intervals, "sample": x}
+
+
+@torch.no_grad()
+def fine_sample(host, noise, cond, steps: int, shift: float, guidance: float) -> torch.Tensor:
+    sigmas = flow_sigmas(steps, shift)
+    x = noise.float()
+    for i in range(steps):
+        t, t_next = sigmas[i].expand(x.shape[0]), sigmas[i + 1].expand(x.shape[0])
+        x = euler_step(x, velocity(host, x, t, t, cond, guidance), t, t_next)
+    return x
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dit", required=True, help="a MeanFlow DiT file (time_r_in), CFG-distilled or not")
+    parser.add_argument("--out", help="write the result as JSON")
+    parser.add_argument("--classifier", default="benchmarks/mini/weights/classifier.safetensors")
+    parser.add_argument("--prompts", type=int, default=32, help="held-out prompts (the evaluation's first N)")
+    parser.add_argument("--schedules", default="10,20", help="few-step schedules to follow")
+    parser.add_argument("--substeps", type=int, default=6, help="Euler substeps of the reference flow per interval")
+    parser.add_argument("--preset", default="v2", help="clip spec, shift and guidance of this preset")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    host = load_host(args.dit).requires_grad_(False).eval()
+    if not host.is_meanflow:
+        raise SystemExit(f"--dit {args.dit}: not a MeanFlow DiT (no time_r_in); nothing to diagnose")
+    classifier = load_classifier(args.classifier) if args.classifier else None
+    evalset = eval_set(PRESETS[args.preset], classifier) if classifier else None
+    rows = range(args.prompts)
+    cond = {k: v[rows] for k, v in evalset.cond.items()}
+    noise = evalset.noise[rows]
+    labels = {k: v[rows] for k, v in evalset.labels.items()}
+    schedules = [int(s) for s in args.schedules.split(",")]
+    fine_steps = min(schedules) * args.substeps
+    fine = from_latents(fine_sample(host, noise, cond, fine_steps, preset.shift, preset.cfg_scale)).clamp(-1, 1)
+    result = {"dit": args.dit, "prompts": args.prompts, "substeps": args.substeps, "shift": preset.shift,
+              "guidance": preset.cfg_scale, "fine_ode_steps": fine_steps,
+              "fine_ode_accuracy": attribute_accuracy(classify(classifier, fine)[0], labels), "schedules": {}}
+    for steps in schedules:
+        found = diagnose(host, noise, cond, steps, preset.shift, args.substeps, preset.cfg_scale)
+        video = from_latents(found.pop("sample")).clamp(-1, 1)
+        found["psnr_vs_fine_ode"] = float(psnr(video, fine).mean())
+        found["accuracy"] = attribute_accuracy(classify(classifier, video)[0], labels)
+        result["schedules"][str(steps)] = found
+        print(f"{steps} steps: PSNR vs the fine ODE {found['psnr_vs_fine_ode']:.2f} dB, accuracy {found['accuracy']}")
+        for interval in found["intervals"]:
+            print(f"  [{interval['r']:.3f}, {interval['t']:.3f}]  average-velocity error {interval['average']:.4f}"
+                  f"  one Euler step {interval['euler']:.4f}")
+    print(f"fine ODE ({fine_steps} instantaneous-velocity steps): accuracy {result['fine_ode_accuracy']}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
