@@ -29,14 +29,21 @@ def test_every_stage_writes_its_result_and_the_report_checks_the_orderings(smoke
     for stage in run.STAGES:
         assert run.stage_done(stage, paths), stage
     results = json.load(open(paths["evaluate"]))
-    assert results["complete"] and len(results["rows"]) == len(run.method_rows(run.PRESETS["smoke"], paths))
-    rows = results["rows"]
-    steps = run.PRESETS["smoke"].steps
+    preset = run.PRESETS["smoke"]
+    assert results["complete"] and list(results["seeds"]) == [str(s) for s in preset.eval_seeds]
+    for rows in results["seeds"].values():
+        assert len(rows) == len(run.method_rows(preset, paths))
+    rows = results["seeds"]["0"]
     assert rows["R-MeanFlow (R=0.2) 10 steps"]["dit_calls"] == 10
-    assert rows[f"DisCa N=4 (MSE+GAN)"]["dit_calls"] == len(range(0, steps, 4))  # predictor steps run no DiT block
-    assert rows[f"teacher {run.PRESETS['smoke'].teacher_steps}x2 (CFG 4.0)"]["dit_calls"] == 2 * run.PRESETS["smoke"].teacher_steps
+    assert rows[f"DisCa N=4 (MSE+GAN)"]["dit_calls"] == len(range(0, preset.steps, 4))  # predictor steps run no block
+    assert rows[run.frontier_row()]["dit_calls"] == len(run.FRONTIER_ANCHORS)
+    assert rows[f"teacher {preset.teacher_steps}x2 (CFG 4.0)"]["dit_calls"] == 2 * preset.teacher_steps
+    # the two noise seeds give different videos (not one evaluation written twice)
+    assert results["seeds"]["0"]["MeanFlow (R=1.0) 10 steps"] != results["seeds"]["1"]["MeanFlow (R=1.0) 10 steps"]
     report = open(paths["report"]).read()
-    assert "## The paper's orderings" in report and report.count("HOLD") == 13  # a verdict for each of the 13 comparisons
+    verdicts = [line for line in report.splitlines() if line.startswith("  - ")]
+    assert "## The paper's orderings" in report and len(verdicts) == 18  # (a)-(f): 3+2+3+3+3+3+1 comparisons
+    assert all(line[4:].startswith(("HOLDS", "DOES NOT HOLD", "NOT SEPARABLE")) for line in verdicts), verdicts
     for image in ("quality_vs_calls.png", "strip.png"):
         assert os.path.getsize(os.path.join(smoke_run, image)) > 1000
 
@@ -130,3 +137,11 @@ def test_training_latents_rendered_in_parallel_equal_the_serial_ones():
     parallel = run.training_latents(20, spec, workers=2, chunk=8)
     assert serial.shape[0] == 20 and serial.dtype == torch.float16
     assert torch.equal(serial, parallel)
+
+
+def test_a_verdict_needs_every_noise_seed_to_agree():
+    from benchmarks.mini.report import verdict
+    yes, no = {"holds": True}, {"holds": False}
+    assert verdict([yes, yes]) == "HOLDS" and verdict([no, no]) == "DOES NOT HOLD"
+    assert verdict([yes, no]) == verdict([no, yes]) == "NOT SEPARABLE"
+    assert verdict([None, None]) == "NOT MEASURED" and verdict([yes, None]) == "HOLDS"

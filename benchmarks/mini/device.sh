@@ -48,7 +48,7 @@ case "${1:-}" in
     echo "teacher throughput $rate it/s -> $steps steps in ${TEACHER_SECONDS}s"
     start --stages data,classifier,teacher --teacher-steps "$steps" ;;
   rest)
-    start --stages data,cfg_distill,calibrate,meanflow_R0.2,meanflow_R1.0,predictor_mse,predictor_gan,predictor_mse_long,evaluate,embed ;;
+    start --stages data,cfg_distill,calibrate,meanflow_R0.2,meanflow_R1.0,predictor_mse,predictor_gan,predictor_mse_long,predictor_on_policy,predictor_frontier,evaluate,embed ;;
   wait)  # up to ${2:-540} s, or until the run ends
     for _ in $(seq $(( ${2:-540} / 10 ))); do kill -0 "$(cat "$RUN/lease.pid")" 2>/dev/null || break; sleep 10; done
     tr '\r' '\n' < "$RUN/lease.log" | grep -v '^\s*$' | tail -n 12

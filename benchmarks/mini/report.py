@@ -4,7 +4,8 @@
 
 The paper's orderings are checked here, on the numbers of results.json, with the rule stated in the output: a
 comparison "holds" when the first method is better on at least two of the three metrics (all-attribute accuracy,
-Fréchet distance, PSNR to the teacher); the accuracy's binomial standard error is printed beside it.
+Fréchet distance, PSNR to the teacher); the accuracy's binomial standard error is printed beside it. Every row is
+evaluated once per noise seed: a verdict is HOLDS or DOES NOT HOLD when every seed agrees, NOT SEPARABLE otherwise.
 """
 
 from __future__ import annotations
@@ -40,18 +41,35 @@ def orderings(rows: dict, steps: int) -> list[tuple[str, list[dict | None]]]:
         present = [k for k in names if k in rows]
         return min(present, key=lambda k: rows[k]["frechet_distance"]) if present else names[0]
 
+    from benchmarks.mini.run import frontier_row
+
     calls = {2: math.ceil(steps / 2), 3: math.ceil(steps / 3), 4: math.ceil(steps / 4)}
     return [
-        ("R-MeanFlow > MeanFlow at 10 steps", [compare(rows, "R-MeanFlow (R=0.2) 10 steps", "MeanFlow (R=1.0) 10 steps")]),
-        ("DisCa > training-free cache at the same anchors (best of output reuse / Taylor-1 by FD)",
+        ("(a) DisCa > training-free cache at the same anchors (best of output reuse / Taylor-1 by FD)",
          [compare(rows, f"DisCa N={n} (MSE+GAN)", best_training_free(n)) for n in (2, 3, 4)]),
-        ("MSE+GAN >= MSE-only", [compare(rows, f"DisCa N={n} (MSE+GAN)", f"DisCa N={n} (MSE)") for n in (2, 3, 4)]),
-        ("MSE+GAN >= MSE-only with as many extra MSE steps as the GAN phase (control)",
+        (f"(b) R-MeanFlow > MeanFlow at 10 and {steps} steps",
+         [compare(rows, f"R-MeanFlow (R=0.2) {n} steps", f"MeanFlow (R=1.0) {n} steps") for n in (10, steps)]),
+        ("(c) MSE+GAN >= MSE-only", [compare(rows, f"DisCa N={n} (MSE+GAN)", f"DisCa N={n} (MSE)") for n in (2, 3, 4)]),
+        ("(c) MSE+GAN >= MSE-only with as many extra MSE steps as the GAN phase (control)",
          [compare(rows, f"DisCa N={n} (MSE+GAN)", f"DisCa N={n} (MSE, +GAN-phase steps as MSE)") for n in (2, 3, 4)]),
-        ("DisCa N=4 > no-cache distilled model at equal DiT calls",
+        ("(d) on-policy > teacher-forced predictor training (MSE, equal steps)",
+         [compare(rows, f"DisCa N={n} (MSE, on-policy)", f"DisCa N={n} (MSE)") for n in (2, 3, 4)]),
+        ("(e) DisCa > no-cache distilled model at equal DiT calls",
          [compare(rows, f"DisCa N={n} (MSE+GAN)", f"R-MeanFlow {calls[n]} steps (no cache; = DisCa N={n} calls)")
           for n in (4, 3, 2)]),
+        (f"(f) the frontier: DisCa with 3 of 10 full steps vs R-MeanFlow with {steps} steps",
+         [compare(rows, frontier_row(), f"R-MeanFlow (R=0.2) {steps} steps")]),
     ]
+
+
+def verdict(per_seed: list[dict | None]) -> str:
+    """HOLDS / DOES NOT HOLD when every seed's comparison agrees, NOT SEPARABLE when they differ."""
+    holds = [c["holds"] for c in per_seed if c is not None]
+    if not holds:
+        return "NOT MEASURED"
+    if all(holds):
+        return "HOLDS"
+    return "DOES NOT HOLD" if not any(holds) else "NOT SEPARABLE"
 
 
 def _table(rows: dict, held_out: int) -> list[str]:
@@ -75,7 +93,8 @@ def plot(rows: dict, path: str) -> None:
 
     styles = {"teacher": ("k", "*"), "meanflow": ("tab:gray", "s"), "rmeanflow": ("tab:blue", "s"),
               "equal_calls": ("tab:cyan", "D"), "training_free": ("tab:orange", "v"), "predictor_mse": ("tab:olive", "o"),
-              "predictor_mse_long": ("tab:brown", "o"), "predictor_gan": ("tab:red", "o")}
+              "predictor_mse_long": ("tab:brown", "o"), "predictor_gan": ("tab:red", "o"),
+              "predictor_on_policy": ("tab:green", "o"), "predictor_frontier": ("tab:pink", "P")}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, metric, label in ((axes[0], "frechet_distance", "Fréchet distance to real clips (lower is better)"),
                               (axes[1], "accuracy", "all-attribute accuracy (higher is better)")):
@@ -122,7 +141,8 @@ def write_report(run_folder: str, path: str) -> str:
         results = json.load(f)
     with open(os.path.join(run_folder, "preset.json")) as f:
         preset = json.load(f)
-    rows, held_out = results["rows"], results["held_out"]
+    seeds = results.get("seeds") or {"0": results["rows"]}  # v2's results.json: one noise seed, under "rows"
+    rows, held_out = next(iter(seeds.values())), results["held_out"]
     classifier = {}
     if os.path.isfile(os.path.join(run_folder, "classifier.json")):
         with open(os.path.join(run_folder, "classifier.json")) as f:
@@ -132,7 +152,7 @@ def write_report(run_folder: str, path: str) -> str:
         file = os.path.join(run_folder, stage, "stage_seconds.json")
         if os.path.isfile(file):
             with open(file) as f:
-                seconds[stage] = json.load(f)["seconds"]
+                seconds[stage] = json.load(f)
     plot(rows, os.path.join(os.path.dirname(path), "quality_vs_calls.png"))
     strip_names = [n for n in rows if rows[n]["group"] in ("teacher", "meanflow", "rmeanflow")] + \
                   [n for n in rows if "N=4" in n]
@@ -151,22 +171,37 @@ def write_report(run_folder: str, path: str) -> str:
         acc = classifier["held_out_real_accuracy"]
         lines += [f"Classifier on {classifier['clips']} real held-out clips: " +
                   ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), ""]
-    lines += _table(rows, held_out) + ["", "![quality vs DiT calls](quality_vs_calls.png)", "",
-                                       f"Frame strip, held-out prompt 0: \"{results['prompt_0']}\"", "",
-                                       "![frame strip](strip.png)", "", "## The paper's orderings", "",
-                                       "Rule: holds when the first method wins on at least 2 of (accuracy, FD, PSNR).", ""]
-    for title, comparisons in orderings(rows, preset["steps"]):
+    for seed, seed_rows in seeds.items():
+        lines += [f"Noise seed {seed}:", ""] + _table(seed_rows, held_out) + [""]
+    lines += ["![quality vs DiT calls](quality_vs_calls.png)", "",
+              f"Frame strip, held-out prompt 0 (noise seed {next(iter(seeds))}): \"{results['prompt_0']}\"", "",
+              "![frame strip](strip.png)", "", "## The paper's orderings", "",
+              "Rule: a comparison holds on a noise seed when the first method wins on at least 2 of (accuracy, FD, "
+              f"PSNR); the verdict is HOLDS or DOES NOT HOLD when the {len(seeds)} seed(s) agree, NOT SEPARABLE "
+              "otherwise.", ""]
+    per_seed = [orderings(seed_rows, preset["steps"]) for seed_rows in seeds.values()]
+    for index, (title, first) in enumerate(per_seed[0]):
         lines.append(f"- **{title}**")
-        for c in comparisons:
-            if c is None:
-                lines.append("  - not measured (row missing)")
+        for j in range(len(first)):
+            comparisons = [seed_orderings[index][1][j] for seed_orderings in per_seed]
+            present = [(seed, c) for seed, c in zip(seeds, comparisons) if c is not None]
+            if not present:
+                lines.append("  - NOT MEASURED (row missing)")
                 continue
-            wins = ", ".join(f"{m} {'✓' if w else '✗'}" for (m, _), w in zip(METRICS, c["wins"]))
-            detail = "; ".join(f"{m}: {_value(rows[c['better']], m):.3f} vs {_value(rows[c['worse']], m):.3f}" for m, _ in METRICS)
-            lines.append(f"  - {'HOLDS' if c['holds'] else 'DOES NOT HOLD'}: {c['better']} vs {c['worse']} ({wins}; {detail})")
+            better, worse = present[0][1]["better"], present[0][1]["worse"]
+            details = []
+            for seed, c in present:
+                wins = ", ".join(f"{m} {'✓' if w else '✗'}" for (m, _), w in zip(METRICS, c["wins"]))
+                values = "; ".join(f"{_value(seeds[seed][better], m):.3f} vs {_value(seeds[seed][worse], m):.3f}"
+                                   for m, _ in METRICS)
+                details.append(f"seed {seed}: {wins} ({values})")
+            lines.append(f"  - {verdict(comparisons)}: {better} vs {worse}; " + "; ".join(details))
     if seconds:
-        lines += ["", "## Stage wall times", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+        lines += ["", "## Stage wall times", "", "| stage | GPU minutes (processes x wall) | processes | wall s |",
+                  "|---|---|---|---|"]
+        for stage, record in seconds.items():
+            processes = record.get("processes", 1)
+            lines.append(f"| {stage} | {processes * record['seconds'] / 60:.1f} | {processes} | {record['seconds']:.0f} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path

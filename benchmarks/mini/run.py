@@ -39,7 +39,8 @@ from training.export import export_dit
 logger = logging.getLogger(__name__)
 
 STAGES = ("data", "classifier", "teacher", "cfg_distill", "calibrate", "meanflow_R0.2", "meanflow_R1.0", "predictor_mse",
-          "predictor_gan", "predictor_mse_long", "evaluate", "report", "embed")
+          "predictor_gan", "predictor_mse_long", "predictor_on_policy", "predictor_frontier", "evaluate", "report", "embed")
+FRONTIER_STEPS, FRONTIER_ANCHORS = 10, (0, 4, 7)  # the frontier row: DisCa with 3 of 10 full steps
 
 
 TEACHER_STEPS = 10000  # see Preset.teacher
@@ -82,11 +83,15 @@ class Preset:
     predictor: dict = field(default_factory=lambda: dict(batch_size=32, learning_rate=1e-4, disc_learning_rate=1e-3,
                                                          adv_weight=0.002, held_out_prompts=32, trajectory_batch=32,
                                                          pool_on_device=True))
-    predictor_mse_steps: int = 800
+    predictor_mse_steps: int = 800  # also the on-policy and frontier predictors' (MSE-only) steps
     predictor_gan_steps: int = 800  # GAN phase; `predictor_mse_long` runs as many MSE steps (the control)
+    # predictor_on_policy: half of each batch from DisCa roll-outs of the current predictor (training/README.md)
+    on_policy: dict = field(default_factory=lambda: dict(on_policy_fraction=0.5, on_policy_refresh=100,
+                                                         on_policy_rollouts=8))
     steps: int = 20  # the deployment schedule DisCa and the training-free caches run on (R-MeanFlow 20 steps)
     teacher_steps: int = 50
     eval_batch: int = 64
+    eval_seeds: tuple[int, ...] = (0, 1)  # every row is evaluated on the held-out prompts once per noise seed
 
 
 # v3 (issue 16): v2's width (256 = 2 heads of 128: wider than the 192 values a token carries, see
@@ -107,7 +112,8 @@ PRESETS = {
                     meanflow=dict(max_steps=3, batch_size=4, learning_rate=1e-4, derivative="finite_difference"),
                     predictor_prompts=6, predictor=dict(batch_size=4, learning_rate=1e-4, adv_weight=0.002,
                                                         held_out_prompts=2),
-                    predictor_mse_steps=3, predictor_gan_steps=2, steps=8, teacher_steps=6, eval_batch=4),
+                    predictor_mse_steps=3, predictor_gan_steps=2, steps=8, teacher_steps=6, eval_batch=4,
+                    on_policy=dict(on_policy_fraction=0.5, on_policy_refresh=2, on_policy_rollouts=1)),
 }
 # full sizes, a few steps of everything: times each stage on the GPU and runs the whole path once (budgeting `v3`)
 PRESETS["probe"] = dataclasses.replace(
@@ -135,6 +141,8 @@ FILES = {  # what each stage (and its inputs) leaves under --out; a stage is don
     "meanflow_R0.2": "meanflow_R0.2/meanflow_dit.safetensors", "meanflow_R1.0": "meanflow_R1.0/meanflow_dit.safetensors",
     "predictor_mse": "predictor_mse/predictor.safetensors", "predictor_gan": "predictor_gan/predictor.safetensors",
     "predictor_mse_long": "predictor_mse_long/predictor.safetensors",
+    "predictor_on_policy": "predictor_on_policy/predictor.safetensors",
+    "predictor_frontier": "predictor_frontier/predictor.safetensors",
     "evaluate": "results.json", "report": "RESULTS.md", "embed": "embedded/demo.json",
 }
 
@@ -246,6 +254,11 @@ def stage_configs(preset: Preset, paths: Paths) -> dict[str, dict]:
                                     init_predictor=paths["predictor_mse"])
     configs["predictor_mse_long"] = dict(predictor, output_dir=paths.folder("predictor_mse_long"), max_steps=gan,
                                          mse_steps=gan, init_predictor=paths["predictor_mse"])
+    configs["predictor_on_policy"] = dict(predictor, output_dir=paths.folder("predictor_on_policy"), max_steps=mse,
+                                          mse_steps=mse, **preset.on_policy)
+    configs["predictor_frontier"] = dict(predictor, output_dir=paths.folder("predictor_frontier"), max_steps=mse,
+                                         mse_steps=mse, steps=FRONTIER_STEPS,
+                                         schedules=(" ".join(map(str, FRONTIER_ANCHORS)),))
     return {name: dict(common, **config) for name, config in configs.items()}
 
 
@@ -295,10 +308,10 @@ class EvalSet:
     real_features: torch.Tensor
 
 
-def eval_set(preset: Preset, classifier) -> EvalSet:
+def eval_set(preset: Preset, classifier, noise_seed: int = 0) -> EvalSet:
     _, labels, prompts = make_batch(HELDOUT_SEED, range(preset.held_out), preset.spec)
     real, _, _ = make_batch(HELDOUT_SEED, range(preset.real_reference), preset.spec)
-    generator = torch.Generator().manual_seed(SEED + 12345)
+    generator = torch.Generator().manual_seed(SEED + 12345 + 1000 * noise_seed)  # noise seed 0: v2's noises
     noise = torch.randn(preset.held_out, 48, *latent_shape(preset), generator=generator)
     return EvalSet(encode_prompts(prompts), labels, prompts, noise, classify(classifier, real)[1])
 
@@ -337,12 +350,12 @@ def method_rows(preset: Preset, paths: Paths) -> list[dict]:
     def plain(steps):
         return lambda host, noise, cond: sample_euler(distilled(host, cond, g), noise, flow_sigmas(steps, preset.shift))
 
-    def cached(interval, mode, predictor_file=None):
-        anchors = AnchorSchedule(interval=interval).anchor_steps(preset.steps)
+    def cached(interval, mode, predictor_file=None, steps=preset.steps, anchors=None):
+        anchors = anchors or AnchorSchedule(interval=interval).anchor_steps(steps)
 
         def sampler(host, noise, cond):
             predictor = load_predictor(predictor_file).to(noise.device) if predictor_file else None
-            return sample_cached(host, noise, flow_sigmas(preset.steps, preset.shift), cond, anchors, mode=mode,
+            return sample_cached(host, noise, flow_sigmas(steps, preset.shift), cond, anchors, mode=mode,
                                  predictor=predictor, guidance=g)
         return sampler
 
@@ -358,12 +371,18 @@ def method_rows(preset: Preset, paths: Paths) -> list[dict]:
         rows.append(dict(name=f"output reuse N={interval}", model=rmf, sampler=cached(interval, "reuse_output"), group="training_free"))
         rows.append(dict(name=f"Taylor-1 N={interval}", model=rmf, sampler=cached(interval, "taylor"), group="training_free"))
         for stage, label in (("predictor_mse", "MSE"), ("predictor_mse_long", "MSE, +GAN-phase steps as MSE"),
-                             ("predictor_gan", "MSE+GAN")):
+                             ("predictor_gan", "MSE+GAN"), ("predictor_on_policy", "MSE, on-policy")):
             rows.append(dict(name=f"DisCa N={interval} ({label})", model=rmf, group=stage,
                              sampler=cached(interval, "predictor", paths[stage])))
+    rows.append(dict(name=frontier_row(), model=rmf, group="predictor_frontier",
+                     sampler=cached(None, "predictor", paths["predictor_frontier"], FRONTIER_STEPS, FRONTIER_ANCHORS)))
     for row in rows:
         row["needs"] = [row["model"], paths["teacher"]] + ([paths[row["group"]]] if row["group"].startswith("predictor") else [])
     return rows
+
+
+def frontier_row() -> str:
+    return f"DisCa {len(FRONTIER_ANCHORS)} of {FRONTIER_STEPS} full steps (MSE)"
 
 
 @functools.cache
@@ -374,42 +393,47 @@ def load_predictor(path: str) -> DiffusersPredictor:
 
 
 def evaluate(preset: Preset, paths: Paths, device: torch.device) -> bool:
-    """Every row whose weights exist, on the same held-out prompts and noises; rows already in results.json are kept,
-    so a run split over leases adds rows as their models appear. Returns whether every row is done."""
+    """Every row whose weights exist, on the same held-out prompts, once per noise seed (`Preset.eval_seeds`); rows
+    already in results.json are kept, so a run split over leases adds rows as their models appear. Returns whether
+    every row is done."""
     from safetensors.torch import load_file, save_file
 
     classifier = load_classifier(paths["classifier"])
-    evalset = eval_set(preset, classifier)
-    results = _read_json(paths["evaluate"]).get("rows", {})
+    seeds = _read_json(paths["evaluate"]).get("seeds", {})
     strip_path = os.path.join(paths.out, "strip.safetensors")
     strip = load_file(strip_path) if os.path.isfile(strip_path) else {}
     hosts: dict[str, HunyuanVideoHost] = {}
-    teacher_videos, done = None, True
-    for row in method_rows(preset, paths):
-        is_teacher = row["group"] == "teacher"  # always run: its videos are the PSNR reference of the others
-        if row["name"] in results and not is_teacher:
-            continue
-        if not all(os.path.isfile(p) for p in row["needs"]):
-            done = False
-            continue
-        if row["model"] not in hosts:
-            hosts[row["model"]] = load_host(row["model"]).to(device).requires_grad_(False).eval()
-        videos, calls, seconds = generate(row["sampler"], evalset, preset, hosts[row["model"]], device)
-        teacher_videos = videos if is_teacher else teacher_videos
-        predicted, features = classify(classifier, videos)
-        results[row["name"]] = {
-            "group": row["group"], "dit_calls": calls, "seconds_per_video": seconds,
-            "accuracy": attribute_accuracy(predicted, evalset.labels),
-            "frechet_distance": frechet_distance(features, evalset.real_features),
-            "psnr_vs_teacher": float(psnr(videos, teacher_videos).mean()),
-        }
-        strip[row["name"]] = videos[0].contiguous()
-        logger.info("%-50s calls %5.1f  acc(all) %.3f  FD %.2f  PSNR %.2f dB", row["name"], calls,
-                    results[row["name"]]["accuracy"]["all"], results[row["name"]]["frechet_distance"],
-                    results[row["name"]]["psnr_vs_teacher"])
-        _write_json(paths["evaluate"], {"rows": results, "prompt_0": evalset.prompts[0], "held_out": preset.held_out,
-                                     "device": device_name(device)})
-        save_file(strip, strip_path)
+    done = True
+    for noise_seed in preset.eval_seeds:
+        evalset = eval_set(preset, classifier, noise_seed)
+        results = seeds.setdefault(str(noise_seed), {})
+        teacher_videos = None
+        for row in method_rows(preset, paths):
+            is_teacher = row["group"] == "teacher"  # always run: its videos are the PSNR reference of the others
+            if row["name"] in results and not is_teacher:
+                continue
+            if not all(os.path.isfile(p) for p in row["needs"]):
+                done = False
+                continue
+            if row["model"] not in hosts:
+                hosts[row["model"]] = load_host(row["model"]).to(device).requires_grad_(False).eval()
+            videos, calls, seconds = generate(row["sampler"], evalset, preset, hosts[row["model"]], device)
+            teacher_videos = videos if is_teacher else teacher_videos
+            predicted, features = classify(classifier, videos)
+            results[row["name"]] = {
+                "group": row["group"], "dit_calls": calls, "seconds_per_video": seconds,
+                "accuracy": attribute_accuracy(predicted, evalset.labels),
+                "frechet_distance": frechet_distance(features, evalset.real_features),
+                "psnr_vs_teacher": float(psnr(videos, teacher_videos).mean()),
+            }
+            if noise_seed == preset.eval_seeds[0]:
+                strip[row["name"]] = videos[0].contiguous()
+            logger.info("noise seed %d  %-50s calls %5.1f  acc(all) %.3f  FD %.2f  PSNR %.2f dB", noise_seed, row["name"],
+                        calls, results[row["name"]]["accuracy"]["all"], results[row["name"]]["frechet_distance"],
+                        results[row["name"]]["psnr_vs_teacher"])
+            _write_json(paths["evaluate"], {"seeds": seeds, "prompt_0": evalset.prompts[0],
+                                            "held_out": preset.held_out, "device": device_name(device)})
+            save_file(strip, strip_path)
     return done
 
 
