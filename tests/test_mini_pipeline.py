@@ -145,3 +145,19 @@ def test_a_verdict_needs_every_noise_seed_to_agree():
     assert verdict([yes, yes]) == "HOLDS" and verdict([no, no]) == "DOES NOT HOLD"
     assert verdict([yes, no]) == verdict([no, yes]) == "NOT SEPARABLE"
     assert verdict([None, None]) == "NOT MEASURED" and verdict([yes, None]) == "HOLDS"
+
+
+def test_meanflow_diagnosis_measures_against_the_instantaneous_flow(smoke_run, tmp_path):
+    """With one substep the reference flow is one Euler step of the instantaneous velocity, so that step's error is
+    0 on every interval, while the average velocity (a different reading of the student) is not."""
+    from benchmarks.mini import meanflow_diagnosis
+    paths = run.Paths(smoke_run)
+    result = meanflow_diagnosis.main(["--dit", paths["meanflow_R0.2"], "--classifier", paths["classifier"],
+                                      "--preset", "smoke", "--prompts", "3", "--schedules", "2,4", "--substeps", "1",
+                                      "--final_r", "0,0.05", "--out", str(tmp_path / "diagnosis.json")])
+    for steps in ("2", "4"):
+        intervals = result["schedules"][steps]["intervals"]
+        assert len(intervals) == int(steps) and intervals[-1]["r"] == 0.0
+        assert all(i["euler"] < 1e-6 for i in intervals) and any(i["average"] > 1e-4 for i in intervals)
+    assert [row["r"] for row in result["final_interval_sweep"]] == [0.0, 0.05]
+    assert json.load(open(tmp_path / "diagnosis.json"))["fine_ode_steps"] == 2

@@ -12,9 +12,11 @@ identity). Along each few-step trajectory this measures, for every interval [sig
   Euler steps of the instantaneous velocity from x_i over the interval (the identity's error),
 - `euler`: the same for one instantaneous-velocity Euler step (what the average velocity should improve on),
 
-and for the final samples: the student's few-step sample against the fine instantaneous-velocity ODE from the same noise
-(`--substeps` per interval of the coarsest schedule), PSNR in pixel space and, with `--classifier`, the attribute
-accuracy of each. Held-out prompts and noises as the evaluation draws them (`run.eval_set`'s first `--prompts`).
+and for the final samples: the student's few-step sample, and the same number of Euler steps of its instantaneous
+velocity (r = t), against the fine instantaneous-velocity ODE from the same noise (`--substeps` per interval of the
+coarsest schedule): PSNR in pixel space and the classifier's attribute accuracy of each. `--final_r` sweeps the end of
+the coarsest schedule's last interval (sampling ends at r = 0). Held-out prompts and noises as the evaluation draws
+them (`run.eval_set`'s first `--prompts`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,37 @@ def diagnose(host, noise, cond, steps: int, shift: float, substeps: int, guidanc
 
 
 @torch.no_grad()
+def final_interval_sweep(host, noise, cond, steps: int, shift: float, substeps: int, guidance: float,
+                         r_values: tuple[float, ...]) -> list[dict]:
+    """The last interval of the `steps`-step trajectory, [r, sigma_{steps-1}], ending at each r of `r_values` instead
+    of 0: the average-velocity error against the instantaneous flow over the same interval. Sampling always ends
+    at r = 0, which training reaches only as the edge of t - r <= min(R, t)."""
+    sigmas = flow_sigmas(steps, shift)
+    batch = noise.shape[0]
+    x = noise.float()
+    for i in range(steps - 1):  # the student's own trajectory up to the last interval
+        t, r = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
+        x = euler_step(x, velocity(host, x, t, r, cond, guidance), t, r)
+    t = sigmas[steps - 1].expand(batch)
+    found = []
+    for r_value in r_values:
+        r = torch.full_like(t, r_value)
+        fine = x
+        for j in range(substeps):
+            s = t + (r - t) * j / substeps
+            s_next = t + (r - t) * (j + 1) / substeps
+            fine = euler_step(fine, velocity(host, fine, s, s, cond, guidance), s, s_next)
+        reference = fine - x
+        average = euler_step(x, velocity(host, x, t, r, cond, guidance), t, r) - x
+        euler = euler_step(x, velocity(host, x, t, t, cond, guidance), t, r) - x
+        norm = reference.flatten(1).norm(dim=1)
+        found.append({"t": float(sigmas[steps - 1]), "r": r_value,
+                      "average": float(((average - reference).flatten(1).norm(dim=1) / norm).mean()),
+                      "euler": float(((euler - reference).flatten(1).norm(dim=1) / norm).mean())})
+    return found
+
+
+@torch.no_grad()
 def fine_sample(host, noise, cond, steps: int, shift: float, guidance: float) -> torch.Tensor:
     sigmas = flow_sigmas(steps, shift)
     x = noise.float()
@@ -76,18 +109,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dit", required=True, help="a MeanFlow DiT file (time_r_in), CFG-distilled or not")
     parser.add_argument("--out", help="write the result as JSON")
-    parser.add_argument("--classifier", default="benchmarks/mini/weights/classifier.safetensors")
+    parser.add_argument("--classifier", default="benchmarks/mini/weights/classifier.safetensors",
+                        help="the attribute classifier (its eval set also gives the held-out prompts and noises)")
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts (the evaluation's first N)")
     parser.add_argument("--schedules", default="10,20", help="few-step schedules to follow")
     parser.add_argument("--substeps", type=int, default=6, help="Euler substeps of the reference flow per interval")
     parser.add_argument("--preset", default="v2", help="clip spec, shift and guidance of this preset")
+    parser.add_argument("--final_r", default="0,0.001,0.003,0.01,0.03",
+                        help="end points of the coarsest schedule's last interval to sweep ('' to skip)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     host = load_host(args.dit).requires_grad_(False).eval()
     if not host.is_meanflow:
         raise SystemExit(f"--dit {args.dit}: not a MeanFlow DiT (no time_r_in); nothing to diagnose")
-    classifier = load_classifier(args.classifier) if args.classifier else None
-    evalset = eval_set(PRESETS[args.preset], classifier) if classifier else None
+    classifier = load_classifier(args.classifier)
+    evalset = eval_set(preset, classifier)
     rows = range(args.prompts)
     cond = {k: v[rows] for k, v in evalset.cond.items()}
     noise = evalset.noise[rows]
@@ -103,12 +139,24 @@ def main(argv: list[str] | None = None) -> dict:
         video = from_latents(found.pop("sample")).clamp(-1, 1)
         found["psnr_vs_fine_ode"] = float(psnr(video, fine).mean())
         found["accuracy"] = attribute_accuracy(classify(classifier, video)[0], labels)
+        # the same number of steps with r = t: plain Euler of the student's instantaneous velocity
+        euler = from_latents(fine_sample(host, noise, cond, steps, preset.shift, preset.cfg_scale)).clamp(-1, 1)
+        found["euler_psnr_vs_fine_ode"] = float(psnr(euler, fine).mean())
+        found["euler_accuracy"] = attribute_accuracy(classify(classifier, euler)[0], labels)
         result["schedules"][str(steps)] = found
-        print(f"{steps} steps: PSNR vs the fine ODE {found['psnr_vs_fine_ode']:.2f} dB, accuracy {found['accuracy']}")
+        print(f"{steps} steps: PSNR vs the fine ODE {found['psnr_vs_fine_ode']:.2f} dB, accuracy {found['accuracy']}; "
+              f"with r = t (Euler): {found['euler_psnr_vs_fine_ode']:.2f} dB, accuracy {found['euler_accuracy']}")
         for interval in found["intervals"]:
             print(f"  [{interval['r']:.3f}, {interval['t']:.3f}]  average-velocity error {interval['average']:.4f}"
                   f"  one Euler step {interval['euler']:.4f}")
     print(f"fine ODE ({fine_steps} instantaneous-velocity steps): accuracy {result['fine_ode_accuracy']}")
+    if args.final_r:
+        r_values = tuple(float(v) for v in args.final_r.split(","))
+        result["final_interval_sweep"] = final_interval_sweep(host, noise, cond, min(schedules), preset.shift,
+                                                              args.substeps, preset.cfg_scale, r_values)
+        for row in result["final_interval_sweep"]:
+            print(f"last interval [{row['r']:.3f}, {row['t']:.3f}]: average-velocity error {row['average']:.4f}, one "
+                  f"Euler step {row['euler']:.4f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -99,10 +99,10 @@ class Preset:
 # costs ~13% of a DiT call on this CPU (benchmarks/mini/README.md, "v3") instead of v2's 60%, and the demo's DiT
 # (with its r and guidance embedders) + predictor + classifier stay under 25 MB
 V3_DIT = dict(num_attention_heads=2, num_layers=1, num_single_layers=12, mlp_ratio=1.0)
-V3_TEACHER_STEPS = 10000  # v2's count; `device.sh teacher-ddp` sets it per lease from a probe (recorded in preset.json)
 PRESETS = {
     "v2": Preset(),  # the v2 run: 31 H100 minutes of stages over two leases (logs/, the v2 README section)
-    "v3": Preset(dit=V3_DIT, teacher=dict(Preset().teacher, max_steps=V3_TEACHER_STEPS, checkpoint_every=1000),
+    # the teacher's steps: `device.sh teacher-ddp` fits them to a lease from a probe (--teacher-steps, in preset.json)
+    "v3": Preset(dit=V3_DIT, teacher=dict(Preset().teacher, checkpoint_every=1000),
                  predictor=dict(Preset().predictor, depth=1)),
     "smoke": Preset(spec=ClipSpec(frames=3, size=32), train_clips=48, held_out=6, real_reference=12,
                     dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2),
