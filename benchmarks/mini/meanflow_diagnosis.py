@@ -39,28 +39,32 @@ def velocity(host, x, t, r, cond, guidance):
     return host(x, t, cond, r, g).float()
 
 
+def interval_errors(host, x, t, r, cond, substeps: int, guidance: float) -> tuple[dict, torch.Tensor]:
+    """From x at t to r ([B] each): the relative errors of the average-velocity step and of one instantaneous Euler
+    step against `substeps` Euler steps of the instantaneous velocity; returns (errors, the average-velocity step)."""
+    fine = x
+    for j in range(substeps):  # the instantaneous velocity's flow over [r, t]
+        s, s_next = t + (r - t) * j / substeps, t + (r - t) * (j + 1) / substeps
+        fine = euler_step(fine, velocity(host, fine, s, s, cond, guidance), s, s_next)
+    reference = fine - x
+    average = euler_step(x, velocity(host, x, t, r, cond, guidance), t, r) - x
+    euler = euler_step(x, velocity(host, x, t, t, cond, guidance), t, r) - x
+    norm = reference.flatten(1).norm(dim=1)
+    errors = {"t": float(t[0]), "r": float(r[0]),
+              "average": float(((average - reference).flatten(1).norm(dim=1) / norm).mean()),
+              "euler": float(((euler - reference).flatten(1).norm(dim=1) / norm).mean())}
+    return errors, x + average
+
+
 @torch.no_grad()
 def diagnose(host, noise, cond, steps: int, shift: float, substeps: int, guidance: float) -> dict:
     """Per-interval errors along the student's own `steps`-step trajectory, and its final sample."""
     sigmas = flow_sigmas(steps, shift)
-    batch = noise.shape[0]
-    x = noise.float()
-    intervals = []
+    x, intervals = noise.float(), []
     for i in range(steps):
-        t, r = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
-        fine = x
-        for j in range(substeps):  # the instantaneous velocity's flow over [r, t]
-            s = (sigmas[i] + (sigmas[i + 1] - sigmas[i]) * j / substeps).expand(batch)
-            s_next = (sigmas[i] + (sigmas[i + 1] - sigmas[i]) * (j + 1) / substeps).expand(batch)
-            fine = euler_step(fine, velocity(host, fine, s, s, cond, guidance), s, s_next)
-        reference = fine - x
-        average = euler_step(x, velocity(host, x, t, r, cond, guidance), t, r) - x
-        euler = euler_step(x, velocity(host, x, t, t, cond, guidance), t, r) - x
-        norm = reference.flatten(1).norm(dim=1)
-        intervals.append({"t": float(sigmas[i]), "r": float(sigmas[i + 1]),
-                          "average": float(((average - reference).flatten(1).norm(dim=1) / norm).mean()),
-                          "euler": float(((euler - reference).flatten(1).norm(dim=1) / norm).mean())})
-        x = x + average
+        errors, x = interval_errors(host, x, sigmas[i].expand(x.shape[0]), sigmas[i + 1].expand(x.shape[0]), cond,
+                                    substeps, guidance)
+        intervals.append(errors)
     return {"intervals": intervals, "sample": x}
 
 
@@ -77,22 +81,8 @@ def final_interval_sweep(host, noise, cond, steps: int, shift: float, substeps: 
         t, r = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
         x = euler_step(x, velocity(host, x, t, r, cond, guidance), t, r)
     t = sigmas[steps - 1].expand(batch)
-    found = []
-    for r_value in r_values:
-        r = torch.full_like(t, r_value)
-        fine = x
-        for j in range(substeps):
-            s = t + (r - t) * j / substeps
-            s_next = t + (r - t) * (j + 1) / substeps
-            fine = euler_step(fine, velocity(host, fine, s, s, cond, guidance), s, s_next)
-        reference = fine - x
-        average = euler_step(x, velocity(host, x, t, r, cond, guidance), t, r) - x
-        euler = euler_step(x, velocity(host, x, t, t, cond, guidance), t, r) - x
-        norm = reference.flatten(1).norm(dim=1)
-        found.append({"t": float(sigmas[steps - 1]), "r": r_value,
-                      "average": float(((average - reference).flatten(1).norm(dim=1) / norm).mean()),
-                      "euler": float(((euler - reference).flatten(1).norm(dim=1) / norm).mean())})
-    return found
+    return [{**interval_errors(host, x, t, torch.full_like(t, r_value), cond, substeps, guidance)[0], "r": r_value}
+            for r_value in r_values]
 
 
 @torch.no_grad()
