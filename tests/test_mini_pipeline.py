@@ -149,15 +149,20 @@ def test_a_verdict_needs_every_noise_seed_to_agree():
 
 def test_meanflow_diagnosis_measures_against_the_instantaneous_flow(smoke_run, tmp_path):
     """With one substep the reference flow is one Euler step of the instantaneous velocity, so that step's error is
-    0 on every interval, while the average velocity (a different reading of the student) is not."""
+    0 on every interval, while the average velocity (a different reading of the student) is not; the objective table
+    (with the CFG-distilled teacher) covers every sample once and splits the adaptive weight over its buckets."""
     from benchmarks.mini import meanflow_diagnosis
     paths = run.Paths(smoke_run)
     result = meanflow_diagnosis.main(["--dit", paths["meanflow_R0.2"], "--classifier", paths["classifier"],
                                       "--preset", "smoke", "--prompts", "3", "--schedules", "2,4", "--substeps", "1",
-                                      "--final_r", "0,0.05", "--out", str(tmp_path / "diagnosis.json")])
+                                      "--final_r", "0,0.05", "--teacher", paths["cfg_distill"],
+                                      "--objective_samples", "6", "--out", str(tmp_path / "diagnosis.json")])
     for steps in ("2", "4"):
         intervals = result["schedules"][steps]["intervals"]
         assert len(intervals) == int(steps) and intervals[-1]["r"] == 0.0
         assert all(i["euler"] < 1e-6 for i in intervals) and any(i["average"] > 1e-4 for i in intervals)
     assert [row["r"] for row in result["final_interval_sweep"]] == [0.0, 0.05]
     assert json.load(open(tmp_path / "diagnosis.json"))["fine_ode_steps"] == 2
+    buckets = result["objective_by_interval"]
+    assert sum(b["samples"] for b in buckets) == 6 and all(b["mean_L"] > 0 for b in buckets)
+    assert sum(b["adaptive_weight_share"] for b in buckets) == pytest.approx(1.0)

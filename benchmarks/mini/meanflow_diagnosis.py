@@ -16,7 +16,8 @@ and for the final samples: the student's few-step sample, and the same number of
 velocity (r = t), against the fine instantaneous-velocity ODE from the same noise (`--substeps` per interval of the
 coarsest schedule): PSNR in pixel space and the classifier's attribute accuracy of each. `--final_r` sweeps the end of
 the coarsest schedule's last interval (sampling ends at r = 0). Held-out prompts and noises as the evaluation draws
-them (`run.eval_set`'s first `--prompts`).
+them (`run.eval_set`'s first `--prompts`). With `--teacher` (the CFG-distilled DiT the student was distilled from):
+the MeanFlow objective on training clips by interval, and the share of the adaptive loss weight each interval gets.
 """
 
 from __future__ import annotations
@@ -86,6 +87,49 @@ def final_interval_sweep(host, noise, cond, steps: int, shift: float, substeps: 
 
 
 @torch.no_grad()
+def objective_by_interval(host, teacher, preset, samples: int, R: float, p: float, c: float, guidance: float,
+                          epsilon: float = 1e-4) -> list[dict]:
+    """The MeanFlow objective on training clips, by interval t - r and by whether r is near the data: per-sample
+    L = |u(x_t, r, t) - u_tgt|^2 (summed over the latent, as the stage sums it), with the teacher's velocity as
+    tangent and target and du/dt by fp32 finite differences, as the stage computes them; and the share of the
+    adaptive weight 1 / (L + c)^p each bucket gets, against plain MSE's equal weights. The teacher must be the one
+    the student was distilled from (a student's own u(x, t, t) is no stand-in: at t = r its L is 0 and takes all the
+    weight)."""
+    from benchmarks.mini.dataset import TRAIN_SEED, make_batch, to_latents
+    from benchmarks.mini.text import encode_prompts
+    from training.meanflow import meanflow_target, sample_t_r
+
+    generator = torch.Generator().manual_seed(0)
+    video, _, prompts = make_batch(TRAIN_SEED, range(samples), preset.spec)
+    x0, cond = to_latents(video), encode_prompts(prompts)
+    t, r = sample_t_r(generator, samples, R, 0.0, preset.shift)
+    noise = torch.randn(x0.shape, generator=generator)
+    x_t = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * noise
+    losses = []
+    for rows in torch.arange(samples).split(32):
+        rows_cond = {k: v[rows] for k, v in cond.items()}
+
+        def u_fn(x, t_, r_):
+            return velocity(host, x, t_, r_, rows_cond, guidance)
+
+        v = velocity(teacher, x_t[rows], t[rows], t[rows] if teacher.is_meanflow else None, rows_cond, guidance)
+        target, _ = meanflow_target(u_fn, x_t[rows], t[rows], r[rows], v, "finite_difference", epsilon)
+        losses.append((u_fn(x_t[rows], t[rows], r[rows]) - target).pow(2).flatten(1).sum(dim=1))
+    loss = torch.cat(losses).double()
+    weight = 1 / (loss + c).pow(p)
+    buckets = []
+    for low, high in ((0.0, 0.05), (0.05, 0.1), (0.1, 1.0)):
+        for near_data in (False, True):
+            mask = ((t - r) >= low) & ((t - r) < high) & ((r < 0.05) == near_data)
+            if mask.any():
+                buckets.append({"interval": [low, high], "r_below_0.05": near_data, "samples": int(mask.sum()),
+                                "mean_L": float(loss[mask].mean()),
+                                "adaptive_weight_share": float(weight[mask].sum() / weight.sum()),
+                                "mse_weight_share": float(mask.sum() / samples)})
+    return buckets
+
+
+@torch.no_grad()
 def fine_sample(host, noise, cond, steps: int, shift: float, guidance: float) -> torch.Tensor:
     sigmas = flow_sigmas(steps, shift)
     x = noise.float()
@@ -105,6 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--schedules", default="10,20", help="few-step schedules to follow")
     parser.add_argument("--substeps", type=int, default=6, help="Euler substeps of the reference flow per interval")
     parser.add_argument("--preset", default="v2", help="clip spec, shift and guidance of this preset")
+    parser.add_argument("--teacher", help="the CFG-distilled DiT the student was distilled from: adds the objective "
+                        "by interval (per-sample loss and adaptive-weight share)")
+    parser.add_argument("--objective_samples", type=int, default=256, help="training clips for that table")
+    parser.add_argument("--R", type=float, default=0.2, help="the student's R (the intervals it was trained on)")
     parser.add_argument("--final_r", default="0,0.001,0.003,0.01,0.03",
                         help="end points of the coarsest schedule's last interval to sweep ('' to skip)")
     args = parser.parse_args(argv)
@@ -147,6 +195,16 @@ def main(argv: list[str] | None = None) -> dict:
         for row in result["final_interval_sweep"]:
             print(f"last interval [{row['r']:.3f}, {row['t']:.3f}]: average-velocity error {row['average']:.4f}, one "
                   f"Euler step {row['euler']:.4f}")
+    if args.teacher:
+        from training.config import MeanFlowConfig
+        teacher = load_host(args.teacher).requires_grad_(False).eval()
+        p, c = (preset.meanflow.get(k, MeanFlowConfig.__dataclass_fields__[k].default) for k in ("adaptive_p", "adaptive_c"))
+        result["objective_by_interval"] = objective_by_interval(host, teacher, preset, args.objective_samples, args.R,
+                                                                p, c, preset.cfg_scale)
+        for row in result["objective_by_interval"]:
+            print(f"t - r in {row['interval']}, r < 0.05: {row['r_below_0.05']}: {row['samples']} samples, mean L "
+                  f"{row['mean_L']:.1f}, adaptive weight share {row['adaptive_weight_share']:.3f} (MSE: "
+                  f"{row['mse_weight_share']:.3f})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
