@@ -72,3 +72,20 @@ def test_unchanged_run_resumes_from_a_moved_prompt_file_with_more_steps(run, tmp
     report = main(["--config", str(config), "--resume", "--max_steps", "3", "--prompts", str(moved)])
     assert report["steps"] == 3 and report["last_losses"][-1]["step"] == 3
     assert (run_dir / "checkpoints" / "step_3").is_dir()
+
+
+def test_a_checkpoint_with_other_optimizer_groups_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    """A predictor checkpoint of the trainer before the fusion layers got their own learning rates (one group)."""
+    import training.predictor as stage
+
+    paths = write_tiny_run_files(str(tmp_path / "files"), ARCH_HV10, prompts=3)
+    raw = dict(stage="predictor", model=paths["model"], prompts=paths["prompts"], output_dir=str(tmp_path / "run"),
+               latent_shape=list(TINY_LATENT[ARCH_HV10]), steps=8, schedules=["N2"], max_steps=1, mse_steps=1,
+               batch_size=2, checkpoint_every=1, log_every=1, held_out_prompts=1)
+    config = tmp_path / "predictor.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    with monkeypatch.context() as patch:
+        patch.setattr(stage, "fusion_param_groups", lambda predictor: predictor.parameters())
+        main(["--config", str(config)])
+    with pytest.raises(ValueError, match=r"other parameter groups than this trainer builds.*init_predictor"):
+        main(["--config", str(config), "--resume", "--max_steps", "2"])

@@ -322,7 +322,15 @@ def resume(accelerator, output_dir: str, state: TrainState) -> None:
     if not os.path.isfile(state_file):
         raise FileNotFoundError(f"--resume: {path} has no {TRAIN_STATE}; it was not written by this trainer version "
                                 "(or the save was cut short); start the run again without --resume")
-    accelerator.load_state(path)
+    try:
+        accelerator.load_state(path)
+    except ValueError as error:
+        if "parameter group" not in str(error):
+            raise
+        raise ValueError(f"--resume: the optimizer state in {path} has other parameter groups than this trainer "
+                         "builds: it was written by an earlier trainer version (the predictor stage gives its fusion "
+                         "layers their own learning rates since 2026-11-30). Start the run again, or start a new one "
+                         "from the exported predictor with `init_predictor:`") from error
     with open(state_file) as f:
         state.step = int(json.load(f)["step"])
     logger.info("resumed from %s at step %d", path, state.step)
