@@ -12,7 +12,8 @@ from disca.hosts.diffusers import DiffusersPredictor, load_host
 from disca.schedules import flow_sigmas
 from training.config import build_config
 from training.data import load_embeddings
-from training.predictor import anchor_pairs, build_pool, build_predictor, evaluate, init_fusion_as_cache_passthrough, train
+from training.predictor import (FUSION_SLOPE, anchor_pairs, build_pool, build_predictor, evaluate,
+                                init_fusion_as_cache_passthrough, passthrough_slope, train)
 from training.tiny import TINY_LATENT, write_tiny_run_files
 
 MSE_STEPS, MAX_STEPS = 150, 200
@@ -81,6 +82,22 @@ def test_exported_predictor_loads_and_beats_cache_reuse_on_held_out_prompts(hv10
     assert held_out["predictor_mse_best"] < 0.9 * held_out["cache_reuse_mse"]
     assert held_out["predictor_mse_best"] < held_out["output_reuse_mse"]
     assert json.loads(file.metadata["disca.held_out"]) == held_out
+
+
+def test_a_stage_continuing_from_an_exported_predictor_keeps_its_fusion_rates(hv10_run, tmp_path):
+    """The GAN phase and the MSE control start from the MSE stage's file: its fusion is still the pass-through's
+    (Linear 2 ~ (2/s) I), so they must scale the fusion's rates as the MSE stage did; a file without the record (the
+    official predictors) trains at plain rates."""
+    import dataclasses
+
+    from safetensors.torch import load_file, save_file
+
+    config, _, report = hv10_run
+    assert passthrough_slope(config) == FUSION_SLOPE
+    assert passthrough_slope(dataclasses.replace(config, init_predictor=report["predictor_file"])) == FUSION_SLOPE
+    bare = str(tmp_path / "official.safetensors")
+    save_file(load_file(report["predictor_file"]), bare)
+    assert passthrough_slope(dataclasses.replace(config, init_predictor=bare)) is None
 
 
 @pytest.mark.parametrize("arch", [ARCH_HV10, ARCH_HV15])

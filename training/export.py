@@ -23,6 +23,8 @@ from disca.formats import (base_fingerprint, build_metadata, check_predictor_fit
 from disca.hosts.diffusers import DiffusersPredictor, HunyuanVideoHost, load_host
 from disca.hosts.diffusers_keys import diffusers_to_tencent_dit, diffusers_to_tencent_predictor
 
+META_FUSION_SLOPE = "disca.fusion_slope"  # predictor files this trainer writes: the pass-through slope they started from
+
 
 def _contiguous(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
@@ -31,17 +33,22 @@ def _contiguous(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> di
 
 def export_predictor(path: str, predictor: DiffusersPredictor, host: HunyuanVideoHost, *, step_lists=None,
                      interval_range=None, resolution: str | None = None, training: dict | None = None,
-                     held_out: dict | None = None, dtype: torch.dtype | None = torch.bfloat16) -> str:
+                     held_out: dict | None = None, fusion_slope: float | None = None,
+                     dtype: torch.dtype | None = torch.bfloat16) -> str:
     """Write the predictor in the official layout + metadata, then read it back through the pack's loader.
 
     `held_out`: the stage's held-out errors (both baselines, the predictor's initial, best and final), stored as
-    JSON under `disca.held_out` so a file says how it compares with cache reuse without its run folder."""
+    JSON under `disca.held_out` so a file says how it compares with cache reuse without its run folder.
+    `fusion_slope`: the pass-through slope its fusion started from (`disca.fusion_slope`), so a stage that continues
+    from this file trains the fusion layers at the rates the first one did (`training.predictor.fusion_param_groups`)."""
     metadata = build_metadata(
         "predictor", predictor.spec.arch,
         base_fingerprint=base_fingerprint(host.tencent_state_dict()),
         step_lists=step_lists, interval_range=interval_range, resolution=resolution, training=training,
         held_out=held_out,
     )
+    if fusion_slope:
+        metadata[META_FUSION_SLOPE] = repr(fusion_slope)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_safetensors(path, _contiguous(predictor.official_state_dict(), dtype), metadata)
     load_predictor_file(path)  # the file must load strictly, exactly as the runtime will load it

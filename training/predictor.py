@@ -38,7 +38,7 @@ from training.config import PredictorConfig
 from training.data import DataError, load_embeddings, load_references, with_image_condition
 from training.discriminator import (FeatureDiscriminator, default_taps, hinge_discriminator_loss, hinge_generator_loss,
                                     trunk_features)
-from training.export import export_predictor, push_to_hub
+from training.export import META_FUSION_SLOPE, export_predictor, push_to_hub
 
 logger = logging.getLogger(__name__)
 
@@ -402,13 +402,14 @@ def init_fusion_as_cache_passthrough(predictor: DiffusersPredictor, pool: list[T
         fusion[2].bias.zero_()
 
 
-def fusion_param_groups(predictor: DiffusersPredictor) -> list[dict]:
-    """Parameter groups with `lr_scale`s (read by `loop.set_lr`) for a predictor started by
-    `init_fusion_as_cache_passthrough`. Adam moves each weight by ~lr whatever its gradient's size, and Linear 2's
-    gain 2/s turns a step on Linear 1 into an output change ~lr/s, while a step on Linear 2 changes it by ~lr s:
-    scaling Linear 1's rate by FUSION_SLOPE/TRAINING_SLOPE and Linear 2's weight's by the inverse gives the
-    optimiser the dynamics of TRAINING_SLOPE from a start without its curvature error."""
-    ratio = FUSION_SLOPE / TRAINING_SLOPE
+def fusion_param_groups(predictor: DiffusersPredictor, slope: float = FUSION_SLOPE) -> list[dict]:
+    """Parameter groups with `lr_scale`s (read by `loop.set_lr`) for a predictor whose fusion started as the
+    pass-through at `slope` (`init_fusion_as_cache_passthrough`, in this run or in the one that wrote its
+    `init_predictor`). Adam moves each weight by ~lr whatever its gradient's size, and Linear 2's gain 2/s turns a
+    step on Linear 1 into an output change ~lr/s, while a step on Linear 2 changes it by ~lr s: scaling Linear 1's
+    rate by slope/TRAINING_SLOPE and Linear 2's weight's by the inverse gives the optimiser the dynamics of
+    TRAINING_SLOPE from a start without its curvature error."""
+    ratio = slope / TRAINING_SLOPE
     scaled = {}
     for fusion, _ in _fusions(predictor):
         scaled.update({id(fusion[0].weight): ratio, id(fusion[0].bias): ratio, id(fusion[2].weight): 1.0 / ratio})
@@ -416,6 +417,18 @@ def fusion_param_groups(predictor: DiffusersPredictor) -> list[dict]:
     for parameter in predictor.parameters():
         groups.setdefault(scaled.get(id(parameter), 1.0), []).append(parameter)
     return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
+
+
+def passthrough_slope(config: PredictorConfig) -> float | None:
+    """The pass-through slope the predictor's fusion started from: this run's, or the one its `init_predictor` file
+    records (`disca.fusion_slope`, written by this stage); None for other files, the official ones included."""
+    if not config.init_predictor:
+        return FUSION_SLOPE
+    from safetensors import safe_open
+
+    with safe_open(config.init_predictor, "pt") as f:
+        recorded = (f.metadata() or {}).get(META_FUSION_SLOPE)
+    return float(recorded) if recorded else None
 
 
 def _fusions(predictor: DiffusersPredictor) -> list[tuple[torch.nn.Sequential, int]]:
@@ -464,7 +477,8 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
         init_fusion_as_cache_passthrough(predictor, pool)
     taps = config.disc_taps or default_taps(len(host.main_blocks()))
     discriminator = FeatureDiscriminator(host.hidden_size, taps, config.disc_width)
-    groups = predictor.parameters() if config.init_predictor else fusion_param_groups(predictor)
+    slope = passthrough_slope(config)
+    groups = fusion_param_groups(predictor, slope) if slope else predictor.parameters()
     opt_p = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.99),
                               weight_decay=config.weight_decay)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=config.disc_learning_rate, betas=(0.0, 0.99))
@@ -558,7 +572,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
         out = export_predictor(f"{config.output_dir}/predictor.safetensors", unwrapped, host, step_lists=step_lists,
                                interval_range=interval_range, resolution=f"latent {shape}",
                                training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")},
-                               held_out=held_out)
+                               held_out=held_out, fusion_slope=slope)
         report["predictor_file"] = out
         if config.push_to_hub:
             report["hub"] = push_to_hub(out, config.push_to_hub)
