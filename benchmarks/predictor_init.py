@@ -19,7 +19,7 @@ from training.tiny import TINY_LATENT, write_tiny_run_files
 def main(variant: str, model: str, lr: float, steps: int) -> list[float]:
     if variant == "old":
         stage.FUSION_SLOPE = stage.TRAINING_SLOPE
-        stage.fusion_param_groups = lambda predictor: predictor.parameters()
+        stage.fusion_param_groups = lambda predictor, slope: predictor.parameters()
     elif variant != "new":
         raise SystemExit(f"variant: old or new, got {variant!r}")
     if model == "tiny":

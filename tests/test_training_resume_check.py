@@ -85,7 +85,7 @@ def test_a_checkpoint_with_other_optimizer_groups_is_refused_with_what_to_do(tmp
     config = tmp_path / "predictor.yaml"
     config.write_text(yaml.safe_dump(raw))
     with monkeypatch.context() as patch:
-        patch.setattr(stage, "fusion_param_groups", lambda predictor: predictor.parameters())
+        patch.setattr(stage, "fusion_param_groups", lambda predictor, slope: predictor.parameters())
         main(["--config", str(config)])
     with pytest.raises(ValueError, match=r"other parameter groups than this trainer builds.*init_predictor"):
         main(["--config", str(config), "--resume", "--max_steps", "2"])
