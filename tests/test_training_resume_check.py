@@ -12,16 +12,22 @@ from training.tiny import TINY_LATENT, write_tiny_run_files
 from training.train import main
 
 
+def predictor_run(folder, steps):
+    """A tiny predictor run's files and config (checkpoint at its last step) in `folder` -> (config path, files)."""
+    paths = write_tiny_run_files(str(folder / "files"), ARCH_HV10, prompts=3)
+    raw = dict(stage="predictor", model=paths["model"], prompts=paths["prompts"], output_dir=str(folder / "run"),
+               latent_shape=list(TINY_LATENT[ARCH_HV10]), steps=8, schedules=["N2"], max_steps=steps, mse_steps=steps,
+               batch_size=2, checkpoint_every=steps, log_every=1, held_out_prompts=1)
+    config = folder / "predictor.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config, paths
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny predictor run stopped at its step-2 checkpoint; returns (config path, run folder, the files)."""
     folder = tmp_path_factory.mktemp("resume_check")
-    paths = write_tiny_run_files(str(folder / "files"), ARCH_HV10, prompts=3)
-    raw = dict(stage="predictor", model=paths["model"], prompts=paths["prompts"], output_dir=str(folder / "run"),
-               latent_shape=list(TINY_LATENT[ARCH_HV10]), steps=8, schedules=["N2"], max_steps=2, mse_steps=2,
-               batch_size=2, checkpoint_every=2, log_every=1, held_out_prompts=1)
-    config = folder / "predictor.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config, paths = predictor_run(folder, steps=2)
     main(["--config", str(config)])
     return config, folder / "run", paths
 
@@ -78,12 +84,7 @@ def test_a_checkpoint_with_other_optimizer_groups_is_refused_with_what_to_do(tmp
     """A predictor checkpoint of the trainer before the fusion layers got their own learning rates (one group)."""
     import training.predictor as stage
 
-    paths = write_tiny_run_files(str(tmp_path / "files"), ARCH_HV10, prompts=3)
-    raw = dict(stage="predictor", model=paths["model"], prompts=paths["prompts"], output_dir=str(tmp_path / "run"),
-               latent_shape=list(TINY_LATENT[ARCH_HV10]), steps=8, schedules=["N2"], max_steps=1, mse_steps=1,
-               batch_size=2, checkpoint_every=1, log_every=1, held_out_prompts=1)
-    config = tmp_path / "predictor.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config, _ = predictor_run(tmp_path, steps=1)
     with monkeypatch.context() as patch:
         patch.setattr(stage, "fusion_param_groups", lambda predictor, slope: predictor.parameters())
         main(["--config", str(config)])

@@ -13,6 +13,7 @@ set -euo pipefail
 RUN=${MINI_RUN:-runs/mini}
 PRESET=${MINI_PRESET:-v3}  # the v2 leases ran with MINI_PRESET=v2 (then called `full`)
 TEACHER_SECONDS=${TEACHER_SECONDS:-1140}  # the teacher's share of lease 1
+PROBE=${MINI_PROBE:-/tmp/mini-probe}  # the throughput probe's run folder (scratch)
 mkdir -p "$RUN"
 
 start() {  # start run.py on the given stages in the background, in its own session
@@ -31,9 +32,9 @@ case "${1:-}" in
     python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" --stages data,classifier > "$RUN/prepare.log" 2>&1 ;;
   teacher-ddp)
     # v3: the teacher on every GPU; steps = what fits TEACHER_SECONDS at the throughput a 300-step probe measures
-    python3 -m benchmarks.mini.run --out /tmp/mini-probe --preset probe --stages data > /tmp/mini-probe.log 2>&1
-    launch2 --out /tmp/mini-probe --preset probe --stages teacher >> /tmp/mini-probe.log 2>&1
-    step_s=$(python3 -c "import json; print(json.load(open('/tmp/mini-probe/teacher/report.json'))['step_seconds_median'])")
+    python3 -m benchmarks.mini.run --out "$PROBE" --preset probe --stages data > "$PROBE.log" 2>&1
+    launch2 --out "$PROBE" --preset probe --stages teacher >> "$PROBE.log" 2>&1
+    step_s=$(python3 -c "import json; print(json.load(open('$PROBE/teacher/report.json'))['step_seconds_median'])")
     steps=$(python3 -c "print(int($TEACHER_SECONDS / $step_s) // 500 * 500)")
     echo "teacher probe: median step ${step_s}s on $(nvidia-smi -L | wc -l) GPU(s) -> $steps steps in ${TEACHER_SECONDS}s"
     setsid nohup bash -c "$(declare -f launch2); launch2 --out '$RUN' --preset '$PRESET' --stages teacher --teacher-steps $steps" \
@@ -42,8 +43,8 @@ case "${1:-}" in
     echo "started the teacher (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log" ;;
   teacher)
     # teacher steps = what fits TEACHER_SECONDS at the throughput measured here (probe preset: full-size batches)
-    python3 -m benchmarks.mini.run --out /tmp/mini-probe --preset probe --stages data,teacher > /tmp/mini-probe.log 2>&1
-    rate=$(tr '\r' '\n' < /tmp/mini-probe.log | grep -o 'flow_matching: 100%.* \([0-9.]*\)it/s' | tail -1 | grep -o '[0-9.]*it/s' | tr -d 'it/s')
+    python3 -m benchmarks.mini.run --out "$PROBE" --preset probe --stages data,teacher > "$PROBE.log" 2>&1
+    rate=$(tr '\r' '\n' < "$PROBE.log" | grep -o 'flow_matching: 100%.* \([0-9.]*\)it/s' | tail -1 | grep -o '[0-9.]*it/s' | tr -d 'it/s')
     steps=$(python3 -c "print(int(float('$rate') * $TEACHER_SECONDS) // 500 * 500)")
     echo "teacher throughput $rate it/s -> $steps steps in ${TEACHER_SECONDS}s"
     start --stages data,classifier,teacher --teacher-steps "$steps" ;;

@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import torch
 
 from benchmarks.mini.dataset import from_latents
+from benchmarks.mini.demo import WEIGHTS
 from benchmarks.mini.metrics import attribute_accuracy, classify, load_classifier, psnr
 from benchmarks.mini.run import PRESETS, eval_set
 from disca.hosts.diffusers import load_host
-from disca.sampling import euler_step
+from disca.sampling import distilled, euler_step, sample_euler
 from disca.schedules import flow_sigmas
 
 
@@ -76,12 +78,8 @@ def final_interval_sweep(host, noise, cond, steps: int, shift: float, substeps: 
     of 0: the average-velocity error against the instantaneous flow over the same interval. Sampling always ends
     at r = 0, which training reaches only as the edge of t - r <= min(R, t)."""
     sigmas = flow_sigmas(steps, shift)
-    batch = noise.shape[0]
-    x = noise.float()
-    for i in range(steps - 1):  # the student's own trajectory up to the last interval
-        t, r = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
-        x = euler_step(x, velocity(host, x, t, r, cond, guidance), t, r)
-    t = sigmas[steps - 1].expand(batch)
+    x = sample_euler(distilled(host, cond, guidance), noise, sigmas[:steps])  # the student's own steps, but the last
+    t = sigmas[steps - 1].expand(x.shape[0])
     return [{**interval_errors(host, x, t, torch.full_like(t, r_value), cond, substeps, guidance)[0], "r": r_value}
             for r_value in r_values]
 
@@ -130,20 +128,16 @@ def objective_by_interval(host, teacher, preset, samples: int, R: float, p: floa
 
 
 @torch.no_grad()
-def fine_sample(host, noise, cond, steps: int, shift: float, guidance: float) -> torch.Tensor:
-    sigmas = flow_sigmas(steps, shift)
-    x = noise.float()
-    for i in range(steps):
-        t, t_next = sigmas[i].expand(x.shape[0]), sigmas[i + 1].expand(x.shape[0])
-        x = euler_step(x, velocity(host, x, t, t, cond, guidance), t, t_next)
-    return x
+def instantaneous_sample(host, noise, cond, steps: int, shift: float, guidance: float) -> torch.Tensor:
+    """`steps` Euler steps of the student's instantaneous velocity (r = t)."""
+    return sample_euler(lambda x, t, t_next: velocity(host, x, t, t, cond, guidance), noise, flow_sigmas(steps, shift))
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dit", required=True, help="a MeanFlow DiT file (time_r_in), CFG-distilled or not")
     parser.add_argument("--out", help="write the result as JSON")
-    parser.add_argument("--classifier", default="benchmarks/mini/weights/classifier.safetensors",
+    parser.add_argument("--classifier", default=os.path.join(WEIGHTS, "classifier.safetensors"),
                         help="the attribute classifier (its eval set also gives the held-out prompts and noises)")
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts (the evaluation's first N)")
     parser.add_argument("--schedules", default="10,20", help="few-step schedules to follow")
@@ -168,7 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
     labels = {k: v[rows] for k, v in evalset.labels.items()}
     schedules = [int(s) for s in args.schedules.split(",")]
     fine_steps = min(schedules) * args.substeps
-    fine = from_latents(fine_sample(host, noise, cond, fine_steps, preset.shift, preset.cfg_scale)).clamp(-1, 1)
+    def euler_video(steps):  # `steps` Euler steps of the instantaneous velocity, in pixels
+        return from_latents(instantaneous_sample(host, noise, cond, steps, preset.shift, preset.cfg_scale)).clamp(-1, 1)
+
+    fine = euler_video(fine_steps)
     result = {"dit": args.dit, "prompts": args.prompts, "substeps": args.substeps, "shift": preset.shift,
               "guidance": preset.cfg_scale, "fine_ode_steps": fine_steps,
               "fine_ode_accuracy": attribute_accuracy(classify(classifier, fine)[0], labels), "schedules": {}}
@@ -178,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         found["psnr_vs_fine_ode"] = float(psnr(video, fine).mean())
         found["accuracy"] = attribute_accuracy(classify(classifier, video)[0], labels)
         # the same number of steps with r = t: plain Euler of the student's instantaneous velocity
-        euler = from_latents(fine_sample(host, noise, cond, steps, preset.shift, preset.cfg_scale)).clamp(-1, 1)
+        euler = euler_video(steps)
         found["euler_psnr_vs_fine_ode"] = float(psnr(euler, fine).mean())
         found["euler_accuracy"] = attribute_accuracy(classify(classifier, euler)[0], labels)
         result["schedules"][str(steps)] = found
@@ -198,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.teacher:
         from training.config import MeanFlowConfig
         teacher = load_host(args.teacher).requires_grad_(False).eval()
-        p, c = (preset.meanflow.get(k, MeanFlowConfig.__dataclass_fields__[k].default) for k in ("adaptive_p", "adaptive_c"))
+        defaults = MeanFlowConfig.__dataclass_fields__
+        p, c = (preset.meanflow.get(k, defaults[k].default) for k in ("adaptive_p", "adaptive_c"))
         result["objective_by_interval"] = objective_by_interval(host, teacher, preset, args.objective_samples, args.R,
                                                                 p, c, preset.cfg_scale)
         for row in result["objective_by_interval"]:
