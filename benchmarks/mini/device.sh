@@ -5,7 +5,8 @@
 #
 #   v2, lease 1:  device.sh teacher;  device.sh wait (until it reports done);  device.sh collect-teacher
 #   v2, lease 2:  (carry runs/mini/teacher and runs/mini/classifier.*)  device.sh rest;  device.sh wait ...;  device.sh collect
-#   v3, lease 1:  device.sh prepare;  device.sh teacher-ddp;  device.sh wait ...;  device.sh collect-teacher
+#   v3, lease 1:  device.sh prepare;  [TEACHER_STEPS=N] device.sh teacher-ddp;  device.sh wait ...;  device.sh evaluate;
+#                 device.sh collect-teacher
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
 # leases compute what one uninterrupted `python -m benchmarks.mini.run --out runs/mini` computes.
@@ -23,6 +24,7 @@ start() {  # start run.py on the given stages in the background, in its own sess
 }
 
 launch2() {  # the training stages on every GPU of the machine (DDP; run.py splits the preset's global batch)
+  if [ "$(nvidia-smi -L | wc -l)" = 1 ]; then python3 -m benchmarks.mini.run "$@"; return; fi
   accelerate launch --config_file training/configs/accelerate_ddp.yaml --num_processes "$(nvidia-smi -L | wc -l)" \
     --main_process_port 0 -m benchmarks.mini.run "$@"
 }
@@ -31,12 +33,15 @@ case "${1:-}" in
   prepare)  # v3, lease 1, before the teacher: data and classifier in one process (the teacher reads them)
     python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" --stages data,classifier > "$RUN/prepare.log" 2>&1 ;;
   teacher-ddp)
-    # v3: the teacher on every GPU; steps = what fits TEACHER_SECONDS at the throughput a 300-step probe measures
-    python3 -m benchmarks.mini.run --out "$PROBE" --preset probe --stages data > "$PROBE.log" 2>&1
-    launch2 --out "$PROBE" --preset probe --stages teacher >> "$PROBE.log" 2>&1
-    step_s=$(python3 -c "import json; print(json.load(open('$PROBE/teacher/report.json'))['step_seconds_median'])")
-    steps=$(python3 -c "print(int($TEACHER_SECONDS / $step_s) // 500 * 500)")
-    echo "teacher probe: median step ${step_s}s on $(nvidia-smi -L | wc -l) GPU(s) -> $steps steps in ${TEACHER_SECONDS}s"
+    # v3: the teacher on every GPU; steps = TEACHER_STEPS, or what fits TEACHER_SECONDS at the throughput a 300-step
+    # probe measures
+    if [ -n "${TEACHER_STEPS:-}" ]; then steps=$TEACHER_STEPS; else
+      python3 -m benchmarks.mini.run --out "$PROBE" --preset probe --stages data > "$PROBE.log" 2>&1
+      launch2 --out "$PROBE" --preset probe --stages teacher >> "$PROBE.log" 2>&1
+      step_s=$(python3 -c "import json; print(json.load(open('$PROBE/teacher/report.json'))['step_seconds_median'])")
+      steps=$(python3 -c "print(int($TEACHER_SECONDS / $step_s) // 500 * 500)")
+      echo "teacher probe: median step ${step_s}s on $(nvidia-smi -L | wc -l) GPU(s) -> $steps steps in ${TEACHER_SECONDS}s"
+    fi
     setsid nohup bash -c "$(declare -f launch2); launch2 --out '$RUN' --preset '$PRESET' --stages teacher --teacher-steps $steps" \
       > "$RUN/lease.log" 2>&1 < /dev/null &
     echo $! > "$RUN/lease.pid"
