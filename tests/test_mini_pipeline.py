@@ -166,3 +166,20 @@ def test_meanflow_diagnosis_measures_against_the_instantaneous_flow(smoke_run, t
     buckets = result["objective_by_interval"]
     assert sum(b["samples"] for b in buckets) == 6 and all(b["mean_L"] > 0 for b in buckets)
     assert sum(b["adaptive_weight_share"] for b in buckets) == pytest.approx(1.0)
+
+
+def test_guidance_sweep_reads_validation_prompts_and_records_each_scale(smoke_run, tmp_path):
+    """The sweep that chose v3's guidance: one row per scale from the same noises, on prompts of the validation split
+    (not the held-out one the verdicts use); its background confusion matrix agrees with the background accuracy."""
+    from benchmarks.mini import guidance_sweep
+    from benchmarks.mini.dataset import HELDOUT_SEED, VALIDATION_SEED, make_batch
+    paths = run.Paths(smoke_run)
+    spec = run.PRESETS["smoke"].spec
+    assert make_batch(VALIDATION_SEED, range(4), spec)[2] != make_batch(HELDOUT_SEED, range(4), spec)[2]
+    out = tmp_path / "guidance.json"
+    result = guidance_sweep.main(["--dit", paths["teacher"], "--classifier", paths["classifier"], "--preset", "smoke",
+                                  "--scales", "1,3", "--steps", "2", "--prompts", "4", "--out", str(out)])
+    assert json.load(open(out)) == result and list(result["scales"]) == ["1.0", "3.0"]
+    for row in result["scales"].values():
+        matrix = torch.tensor(row["background_confusion"])
+        assert matrix.sum() == 4 and matrix.trace() / 4 == pytest.approx(row["accuracy"]["background"])

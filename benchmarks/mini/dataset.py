@@ -34,6 +34,7 @@ ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "direction": DIRECTIONS, "spee
 
 TRAIN_SEED = 0
 HELDOUT_SEED = 1
+VALIDATION_SEED = 2  # for choosing sampling settings without looking at the held-out split
 
 _RGB = {"red": (0.95, 0.15, 0.1), "green": (0.1, 0.85, 0.2), "blue": (0.15, 0.3, 1.0),
         "yellow": (0.95, 0.9, 0.1), "purple": (0.65, 0.15, 0.9), "white": (1.0, 1.0, 1.0)}

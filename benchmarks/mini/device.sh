@@ -7,6 +7,8 @@
 #   v2, lease 2:  (carry runs/mini/teacher and runs/mini/classifier.*)  device.sh rest;  device.sh wait ...;  device.sh collect
 #   v3, lease 1:  device.sh prepare;  [TEACHER_STEPS=N] device.sh teacher-ddp;  device.sh wait ...;  device.sh evaluate;
 #                 device.sh collect-teacher
+#   v3, lease 2:  (carry runs/v3/teacher.safetensors and runs/v3/classifier.safetensors)  device.sh restore;
+#                 device.sh rest;  device.sh wait ...;  device.sh collect
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
 # leases compute what one uninterrupted `python -m benchmarks.mini.run --out runs/mini` computes.
@@ -15,12 +17,35 @@ RUN=${MINI_RUN:-runs/mini}
 PRESET=${MINI_PRESET:-v3}  # the v2 leases ran with MINI_PRESET=v2 (then called `full`)
 TEACHER_SECONDS=${TEACHER_SECONDS:-1140}  # the teacher's share of lease 1
 PROBE=${MINI_PROBE:-/tmp/mini-probe}  # the throughput probe's run folder (scratch)
+CARRIED=${MINI_CARRIED:-runs/v3}  # v3, lease 2: the teacher and classifier lease 1 returned
+export RUN PRESET
 mkdir -p "$RUN"
 
 start() {  # start run.py on the given stages in the background, in its own session
   setsid nohup python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" "$@" > "$RUN/lease.log" 2>&1 < /dev/null &
   echo $! > "$RUN/lease.pid"
   echo "started run.py $* (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log"
+}
+
+mini() { python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" "$@"; }
+
+diagnose() {  # the R-MeanFlow diagnosis (meanflow_diagnosis.py) of student $1 (R), against its CFG-distilled teacher
+  python3 -m benchmarks.mini.meanflow_diagnosis --dit "$RUN/meanflow_R$1/meanflow_dit.safetensors" --R "$1" \
+    --teacher "$RUN/cfg_distill/cfg_distilled_dit.safetensors" --classifier "$RUN/classifier.safetensors" \
+    --preset "$PRESET" --prompts 256 --out "$RUN/diagnosis_R$1.json"
+}
+
+rest() {  # lane 0: R-MeanFlow and the predictors that continue from predictor_mse; lane 1: MeanFlow R = 1.0, then
+  # (once R-MeanFlow exists) the on-policy and frontier predictors, then the diagnosis while lane 0 evaluates
+  # (on one GPU both lanes share it: a batch-64 MeanFlow step does not fill an H200)
+  mini --stages data,cfg_distill,calibrate || return 1
+  ( export CUDA_VISIBLE_DEVICES=$(( $(nvidia-smi -L | wc -l) > 1 )); mini --stages meanflow_R1.0 \
+      && until [ -f "$RUN/meanflow_R0.2/stage_seconds.json" ]; do sleep 5; done \
+      && mini --stages predictor_on_policy,predictor_frontier && diagnose 0.2 && diagnose 1.0 ) > "$RUN/lane1.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 mini --stages meanflow_R0.2,predictor_mse,predictor_gan,predictor_mse_long > "$RUN/lane0.log" 2>&1
+  until [ -f "$RUN/predictor_frontier/stage_seconds.json" ] || ! jobs -r | grep -q .; do sleep 5; done
+  CUDA_VISIBLE_DEVICES=0 mini --stages evaluate,report,embed
+  wait
 }
 
 launch2() {  # the training stages on every GPU of the machine (DDP; run.py splits the preset's global batch)
@@ -53,11 +78,20 @@ case "${1:-}" in
     steps=$(python3 -c "print(int(float('$rate') * $TEACHER_SECONDS) // 500 * 500)")
     echo "teacher throughput $rate it/s -> $steps steps in ${TEACHER_SECONDS}s"
     start --stages data,classifier,teacher --teacher-steps "$steps" ;;
-  rest)
-    start --stages data,cfg_distill,calibrate,meanflow_R0.2,meanflow_R1.0,predictor_mse,predictor_gan,predictor_mse_long,predictor_on_policy,predictor_frontier,evaluate,embed ;;
+  restore)  # v3, lease 2: the teacher and classifier carried in $CARRIED (runs/v3), with lease 1's stage records
+    mkdir -p "$RUN/teacher"
+    cp "$CARRIED/teacher.safetensors" "$RUN/teacher/flow_matching_dit.safetensors"
+    cp "$CARRIED/classifier.safetensors" "$RUN/classifier.safetensors"
+    cp benchmarks/mini/logs/v3_lease1/classifier.json "$RUN/classifier.json"
+    cp benchmarks/mini/logs/v3_lease1/teacher_report.json "$RUN/teacher/report.json"
+    cp benchmarks/mini/logs/v3_lease1/teacher_stage_seconds.json "$RUN/teacher/stage_seconds.json" ;;
+  rest)  # every stage after the teacher, then the MeanFlow diagnosis of both students; two lanes on two GPUs
+    setsid nohup bash -c "$(declare -f mini diagnose rest); rest" > "$RUN/lease.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/lease.pid"
+    echo "started the rest (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log, lanes $RUN/lane*.log" ;;
   wait)  # up to ${2:-540} s, or until the run ends
     for _ in $(seq $(( ${2:-540} / 10 ))); do kill -0 "$(cat "$RUN/lease.pid")" 2>/dev/null || break; sleep 10; done
-    tr '\r' '\n' < "$RUN/lease.log" | grep -v '^\s*$' | tail -n 12
+    for log in "$RUN"/lane*.log "$RUN/lease.log"; do [ -f "$log" ] && echo "== $log" && tr '\r' '\n' < "$log" | grep -v '^\s*$' | tail -n 6; done
     kill -0 "$(cat "$RUN/lease.pid")" 2>/dev/null && echo "RUNNING" || echo "DONE" ;;
   evaluate)  # every row whose models exist (after the teacher: the teacher's own row)
     python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" --stages evaluate > "$RUN/evaluate.log" 2>&1
@@ -67,11 +101,14 @@ case "${1:-}" in
     cp "$RUN/classifier.safetensors" "$RUN/classifier.json" "$RUN/lease.log" "$OUT/"
     cp "$RUN"/*.log "$RUN/results.json" "$OUT/" 2>/dev/null || true
     tar czf "$OUT/reports.tgz" -C "$RUN" preset.json teacher/report.json teacher/stage_seconds.json ;;
-  collect)
-    split -b 15M "$RUN/embedded/dit.safetensors" "$OUT/dit.part-"
-    cp "$RUN/results.json" "$RUN/strip.safetensors" "$RUN/embedded/predictor.safetensors" "$RUN/lease.log" \
-       "$RUN/calibrate/calibration.json" "$OUT/"
-    tar czf "$OUT/reports.tgz" -C "$RUN" preset.json embedded/demo.json $(cd "$RUN" && ls */report.json */stage_seconds.json) ;;
-  *) echo "usage: $0 prepare | teacher-ddp | teacher | rest | wait [seconds] | evaluate | collect-teacher | collect" >&2
+  collect)  # at most 8 files come back: the demo's DiT in two parts, its predictor and classifier, the results, the
+    # strip, and one archive of every record
+    # (a run cut short by the lease's end returns what exists: the rows evaluated so far and every record)
+    [ -f "$RUN/embedded/dit.safetensors" ] && split -b 15M "$RUN/embedded/dit.safetensors" "$OUT/dit.part-"
+    for file in results.json strip.safetensors embedded/predictor.safetensors embedded/classifier.safetensors; do
+      [ -f "$RUN/$file" ] && cp "$RUN/$file" "$OUT/"; done
+    tar czf "$OUT/reports.tgz" -C "$RUN" $(cd "$RUN" && ls preset.json embedded/demo.json calibrate/calibration.json \
+      */report.json */stage_seconds.json *.log diagnosis_*.json RESULTS.md 2>/dev/null) ;;
+  *) echo "usage: $0 prepare | teacher-ddp | teacher | restore | rest | wait [seconds] | evaluate | collect-teacher | collect" >&2
      exit 2 ;;
 esac

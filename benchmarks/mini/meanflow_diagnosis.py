@@ -86,7 +86,7 @@ def final_interval_sweep(host, noise, cond, steps: int, shift: float, substeps: 
 
 @torch.no_grad()
 def objective_by_interval(host, teacher, preset, samples: int, R: float, p: float, c: float, guidance: float,
-                          epsilon: float = 1e-4) -> list[dict]:
+                          epsilon: float = 1e-4, device: torch.device = torch.device("cpu")) -> list[dict]:
     """The MeanFlow objective on training clips, by interval t - r and by whether r is near the data: per-sample
     L = |u(x_t, r, t) - u_tgt|^2 (summed over the latent, as the stage sums it), with the teacher's velocity as
     tangent and target and du/dt by fp32 finite differences, as the stage computes them; and the share of the
@@ -105,14 +105,15 @@ def objective_by_interval(host, teacher, preset, samples: int, R: float, p: floa
     x_t = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * noise
     losses = []
     for rows in torch.arange(samples).split(32):
-        rows_cond = {k: v[rows] for k, v in cond.items()}
+        rows_cond = {k: v[rows].to(device) for k, v in cond.items()}
+        x_rows, t_rows, r_rows = x_t[rows].to(device), t[rows].to(device), r[rows].to(device)
 
         def u_fn(x, t_, r_):
             return velocity(host, x, t_, r_, rows_cond, guidance)
 
-        v = velocity(teacher, x_t[rows], t[rows], t[rows] if teacher.is_meanflow else None, rows_cond, guidance)
-        target, _ = meanflow_target(u_fn, x_t[rows], t[rows], r[rows], v, "finite_difference", epsilon)
-        losses.append((u_fn(x_t[rows], t[rows], r[rows]) - target).pow(2).flatten(1).sum(dim=1))
+        v = velocity(teacher, x_rows, t_rows, t_rows if teacher.is_meanflow else None, rows_cond, guidance)
+        target, _ = meanflow_target(u_fn, x_rows, t_rows, r_rows, v, "finite_difference", epsilon)
+        losses.append((u_fn(x_rows, t_rows, r_rows) - target).pow(2).flatten(1).sum(dim=1).cpu())
     loss = torch.cat(losses).double()
     weight = 1 / (loss + c).pow(p)
     buckets = []
@@ -149,25 +150,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--R", type=float, default=0.2, help="the student's R (the intervals it was trained on)")
     parser.add_argument("--final_r", default="0,0.001,0.003,0.01,0.03",
                         help="end points of the coarsest schedule's last interval to sweep ('' to skip)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available); fp32 either way")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    host = load_host(args.dit).requires_grad_(False).eval()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    host = load_host(args.dit).requires_grad_(False).eval().to(device)
     if not host.is_meanflow:
         raise SystemExit(f"--dit {args.dit}: not a MeanFlow DiT (no time_r_in); nothing to diagnose")
     classifier = load_classifier(args.classifier)
     evalset = eval_set(preset, classifier)
-    rows = range(args.prompts)
-    cond = {k: v[rows] for k, v in evalset.cond.items()}
-    noise = evalset.noise[rows]
-    labels = {k: v[rows] for k, v in evalset.labels.items()}
+    classifier.to(device)
+    rows = range(min(args.prompts, preset.held_out))
+    cond = {k: v[rows].to(device) for k, v in evalset.cond.items()}
+    noise = evalset.noise[rows].to(device)
+    labels = {k: v[rows].to(device) for k, v in evalset.labels.items()}
     schedules = [int(s) for s in args.schedules.split(",")]
     fine_steps = min(schedules) * args.substeps
     def euler_video(steps):  # `steps` Euler steps of the instantaneous velocity, in pixels
         return from_latents(instantaneous_sample(host, noise, cond, steps, preset.shift, preset.cfg_scale)).clamp(-1, 1)
 
     fine = euler_video(fine_steps)
-    result = {"dit": args.dit, "prompts": args.prompts, "substeps": args.substeps, "shift": preset.shift,
-              "guidance": preset.cfg_scale, "fine_ode_steps": fine_steps,
+    result = {"dit": args.dit, "device": str(device), "prompts": args.prompts, "substeps": args.substeps,
+              "shift": preset.shift, "guidance": preset.cfg_scale, "fine_ode_steps": fine_steps,
               "fine_ode_accuracy": attribute_accuracy(classify(classifier, fine)[0], labels), "schedules": {}}
     for steps in schedules:
         found = diagnose(host, noise, cond, steps, preset.shift, args.substeps, preset.cfg_scale)
@@ -194,11 +198,11 @@ def main(argv: list[str] | None = None) -> dict:
                   f"Euler step {row['euler']:.4f}")
     if args.teacher:
         from training.config import MeanFlowConfig
-        teacher = load_host(args.teacher).requires_grad_(False).eval()
+        teacher = load_host(args.teacher).requires_grad_(False).eval().to(device)
         defaults = MeanFlowConfig.__dataclass_fields__
         p, c = (preset.meanflow.get(k, defaults[k].default) for k in ("adaptive_p", "adaptive_c"))
         result["objective_by_interval"] = objective_by_interval(host, teacher, preset, args.objective_samples, args.R,
-                                                                p, c, preset.cfg_scale)
+                                                                p, c, preset.cfg_scale, device=device)
         for row in result["objective_by_interval"]:
             print(f"t - r in {row['interval']}, r < 0.05: {row['r_below_0.05']}: {row['samples']} samples, mean L "
                   f"{row['mean_L']:.1f}, adaptive weight share {row['adaptive_weight_share']:.3f} (MSE: "
