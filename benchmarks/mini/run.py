@@ -106,13 +106,13 @@ PRESETS = {
     "v3": Preset(dit=V3_DIT, teacher=dict(Preset().teacher, max_steps=5500, checkpoint_every=1000), cfg_scale=3.0,
                  predictor=dict(Preset().predictor, depth=1)),
     "smoke": Preset(spec=ClipSpec(frames=3, size=32), train_clips=48, held_out=6, real_reference=12,
-                    dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2),
+                    dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2, mlp_ratio=1.0),  # v3's MLP
                     classifier=ClassifierTraining(clips=32, steps=3, batch_size=8), classifier_min_accuracy=0.0,
                     teacher=dict(max_steps=4, batch_size=4, learning_rate=1e-3, lr_schedule="cosine", prompt_dropout=0.25),
                     cfg_distill=dict(max_steps=3, batch_size=4, learning_rate=1e-4),
                     meanflow=dict(max_steps=3, batch_size=4, learning_rate=1e-4, derivative="finite_difference"),
                     predictor_prompts=6, predictor=dict(batch_size=4, learning_rate=1e-4, adv_weight=0.002,
-                                                        held_out_prompts=2),
+                                                        held_out_prompts=2, depth=1),  # v3's 1-block predictor
                     predictor_mse_steps=3, predictor_gan_steps=2, steps=8, teacher_steps=6, eval_batch=4,
                     on_policy=dict(on_policy_fraction=0.5, on_policy_refresh=2, on_policy_rollouts=1)),
 }
