@@ -79,6 +79,7 @@ case "${1:-}" in
     echo "teacher throughput $rate it/s -> $steps steps in ${TEACHER_SECONDS}s"
     start --stages data,classifier,teacher --teacher-steps "$steps" ;;
   restore)  # v3, lease 2: the teacher and classifier carried in $CARRIED (runs/v3), with lease 1's stage records
+    (cd "$CARRIED" && sha256sum -c "$OLDPWD/benchmarks/mini/logs/v3_lease1/SHA256SUMS")  # lease 1's files, unchanged
     mkdir -p "$RUN/teacher"
     cp "$CARRIED/teacher.safetensors" "$RUN/teacher/flow_matching_dit.safetensors"
     cp "$CARRIED/classifier.safetensors" "$RUN/classifier.safetensors"
