@@ -165,7 +165,8 @@ def test_meanflow_diagnosis_measures_against_the_instantaneous_flow(smoke_run, t
     assert json.load(open(tmp_path / "diagnosis.json"))["fine_ode_steps"] == 2
     buckets = result["objective_by_interval"]
     assert sum(b["samples"] for b in buckets) == 6 and all(b["mean_L"] > 0 for b in buckets)
-    assert sum(b["adaptive_weight_share"] for b in buckets) == pytest.approx(1.0)
+    for share in ("adaptive_weight_share", "adaptive_weight_share_p0.5", "mse_weight_share"):
+        assert sum(b[share] for b in buckets) == pytest.approx(1.0)
 
 
 def test_guidance_sweep_reads_validation_prompts_and_records_each_scale(smoke_run, tmp_path):

@@ -90,7 +90,7 @@ def objective_by_interval(host, teacher, preset, samples: int, R: float, p: floa
     """The MeanFlow objective on training clips, by interval t - r and by whether r is near the data: per-sample
     L = |u(x_t, r, t) - u_tgt|^2 (summed over the latent, as the stage sums it), with the teacher's velocity as
     tangent and target and du/dt by fp32 finite differences, as the stage computes them; and the share of the
-    adaptive weight 1 / (L + c)^p each bucket gets, against plain MSE's equal weights. The teacher must be the one
+    adaptive weight 1 / (L + c)^p each bucket gets (the stage's p, and p = 0.5), against plain MSE's equal weights. The teacher must be the one
     the student was distilled from (a student's own u(x, t, t) is no stand-in: at t = r its L is 0 and takes all the
     weight)."""
     from benchmarks.mini.dataset import TRAIN_SEED, make_batch, to_latents
@@ -116,6 +116,7 @@ def objective_by_interval(host, teacher, preset, samples: int, R: float, p: floa
         losses.append((u_fn(x_rows, t_rows, r_rows) - target).pow(2).flatten(1).sum(dim=1).cpu())
     loss = torch.cat(losses).double()
     weight = 1 / (loss + c).pow(p)
+    half_power = 1 / (loss + c).sqrt()  # p = 0.5, between the stage's p = 1 and plain MSE's p = 0
     buckets = []
     for low, high in ((0.0, 0.05), (0.05, 0.1), (0.1, 1.0)):
         for near_data in (False, True):
@@ -124,6 +125,7 @@ def objective_by_interval(host, teacher, preset, samples: int, R: float, p: floa
                 buckets.append({"interval": [low, high], "r_below_0.05": near_data, "samples": int(mask.sum()),
                                 "mean_L": float(loss[mask].mean()),
                                 "adaptive_weight_share": float(weight[mask].sum() / weight.sum()),
+                                "adaptive_weight_share_p0.5": float(half_power[mask].sum() / half_power.sum()),
                                 "mse_weight_share": float(mask.sum() / samples)})
     return buckets
 
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                 p, c, preset.cfg_scale, device=device)
         for row in result["objective_by_interval"]:
             print(f"t - r in {row['interval']}, r < 0.05: {row['r_below_0.05']}: {row['samples']} samples, mean L "
-                  f"{row['mean_L']:.1f}, adaptive weight share {row['adaptive_weight_share']:.3f} (MSE: "
+                  f"{row['mean_L']:.1f}, adaptive weight share {row['adaptive_weight_share']:.3f} (p = 0.5: "
+                  f"{row['adaptive_weight_share_p0.5']:.3f}, MSE: "
                   f"{row['mse_weight_share']:.3f})")
     if args.out:
         with open(args.out, "w") as f:
