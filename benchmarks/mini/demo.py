@@ -5,7 +5,8 @@
 
 Both videos start from the same noise. Left: the R-MeanFlow-distilled DiT for every step. Right: DisCa, the full DiT
 on every N-th step and the learned predictor on the others. The demo prints the measured wall-time speedup (same
-machine, same run, after one warm-up each) and what the attribute classifier sees in each video.
+machine, same run: medians of alternating timed runs after a first untimed one each) and what the attribute classifier
+sees in each video.
 Prompts use the DisCa-mini vocabulary: `a <colour> <shape> moving <direction>, <speed>[, and a small <colour>
 <shape> moving <direction>, <speed>], over a <background> background`.
 """
@@ -16,10 +17,10 @@ import argparse
 import json
 import os
 import re
-import time
 
 import torch
 
+from benchmarks.mini.cost_ratio import median_seconds
 from benchmarks.mini.dataset import ATTRIBUTES, from_latents
 from benchmarks.mini.metrics import classify, load_classifier
 from benchmarks.mini.text import encode_prompts
@@ -28,6 +29,7 @@ from disca.hosts.diffusers import DiffusersPredictor, load_host
 from disca.sampling import distilled, sample_cached, sample_euler
 from disca.schedules import AnchorSchedule, flow_sigmas
 
+TIMED_RUNS = 3
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 DEFAULT_PROMPT = "a red circle moving right, fast, and a small white square moving down, slow, over a striped background"
 _PROMPT = re.compile(r"a (\w+) (\w+) moving (\w+), (\w+)(, and a small \w+ \w+ moving \w+, \w+)?, over a (\w+) background$")
@@ -57,12 +59,6 @@ def load_demo(weights: str):
     predictor = DiffusersPredictor.from_file(load_predictor_file(predictor_path), predictor_path).eval()
     classifier = load_classifier(os.path.join(weights, "classifier.safetensors"))
     return settings, host, predictor, classifier
-
-
-def timed(fn) -> tuple[torch.Tensor, float]:
-    started = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - started
 
 
 def to_gif(left: torch.Tensor, right: torch.Tensor, labels: tuple[str, str], path: str, scale: int = 4) -> None:
@@ -109,11 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     def disca():
         return sample_cached(host, noise, sigmas, cond, anchors, mode="predictor", predictor=predictor, guidance=guidance)
 
-    # one short warm-up each (allocator, kernels), then the measured runs, back to back in this process
-    sample_euler(distilled(host, cond, guidance), noise, sigmas[-3:])
-    sample_cached(host, noise, sigmas[-3:], cond, {0}, mode="predictor", predictor=predictor, guidance=guidance)
-    full, full_seconds = timed(plain)
-    cached, cached_seconds = timed(disca)
+    full, cached = plain(), disca()
+    # medians of alternating runs: one pair of runs on a shared CPU can swing the ratio by tenths
+    full_seconds, cached_seconds = median_seconds(plain, disca, TIMED_RUNS)
     videos = from_latents(torch.cat([full, cached]).float()).clamp(-1, 1)
     predicted, _ = classify(classifier, videos)
     verdicts = []
@@ -129,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"prompt: {args.prompt}")
     print(f"without DisCa: {full_seconds:.2f} s ({steps} DiT calls) | with DisCa N={interval}: {cached_seconds:.2f} s "
           f"({len(anchors)} DiT calls + {steps - len(anchors)} predictor steps) -> speedup {result['speedup']:.2f}x "
-          f"(measured on this machine, {torch.get_num_threads()} threads)")
+          f"(medians of {TIMED_RUNS} alternating runs on this machine, {torch.get_num_threads()} threads)")
     for name, verdict in (("without DisCa", verdicts[0]), ("with DisCa", verdicts[1])):
         right = sum(verdict["matches"].values())
         seen = ", ".join(f"{k}={v}{'' if verdict['matches'][k] else ' (asked ' + wanted[k] + ')'}" for k, v in verdict["seen"].items())
