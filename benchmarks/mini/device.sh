@@ -44,7 +44,8 @@ rest() {  # lane 0: R-MeanFlow and the predictors that continue from predictor_m
       && mini --stages predictor_on_policy,predictor_frontier && diagnose 0.2 && diagnose 1.0 ) > "$RUN/lane1.log" 2>&1 &
   CUDA_VISIBLE_DEVICES=0 mini --stages meanflow_R0.2,predictor_mse,predictor_gan,predictor_mse_long > "$RUN/lane0.log" 2>&1
   until [ -f "$RUN/predictor_frontier/stage_seconds.json" ] || ! jobs -r | grep -q .; do sleep 5; done
-  CUDA_VISIBLE_DEVICES=0 mini --stages evaluate,report,embed
+  CUDA_VISIBLE_DEVICES=0 mini --stages embed  # first: if the lease ends during the evaluation, collect has the demo
+  CUDA_VISIBLE_DEVICES=0 mini --stages evaluate,report
   wait
 }
 
