@@ -90,9 +90,9 @@ def objective_by_interval(host, teacher, preset, samples: int, R: float, p: floa
     """The MeanFlow objective on training clips, by interval t - r and by whether r is near the data: per-sample
     L = |u(x_t, r, t) - u_tgt|^2 (summed over the latent, as the stage sums it), with the teacher's velocity as
     tangent and target and du/dt by fp32 finite differences, as the stage computes them; and the share of the
-    adaptive weight 1 / (L + c)^p each bucket gets (the stage's p, and p = 0.5), against plain MSE's equal weights. The teacher must be the one
-    the student was distilled from (a student's own u(x, t, t) is no stand-in: at t = r its L is 0 and takes all the
-    weight)."""
+    adaptive weight 1 / (L + c)^p each bucket gets (the stage's p, and p = 0.5), against plain MSE's equal weights.
+    The teacher must be the one the student was distilled from (a student's own u(x, t, t) is no stand-in: at t = r
+    its L is 0 and takes all the weight)."""
     from benchmarks.mini.dataset import TRAIN_SEED, make_batch, to_latents
     from benchmarks.mini.text import encode_prompts
     from training.meanflow import meanflow_target, sample_t_r
@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="end points of the coarsest schedule's last interval to sweep ('' to skip)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available); fp32 either way")
     args = parser.parse_args(argv)
+    from training.meanflow import exact_fp32
+    with exact_fp32():  # no TF32 on the GPU: the errors measured here are differences of nearby readings
+        return measure(args)
+
+
+def measure(args) -> dict:
     preset = PRESETS[args.preset]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     host = load_host(args.dit).requires_grad_(False).eval().to(device)
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         return from_latents(instantaneous_sample(host, noise, cond, steps, preset.shift, preset.cfg_scale)).clamp(-1, 1)
 
     fine = euler_video(fine_steps)
-    result = {"dit": args.dit, "device": str(device), "prompts": args.prompts, "substeps": args.substeps,
+    result = {"dit": args.dit, "device": str(device), "prompts": len(rows), "substeps": args.substeps,
               "shift": preset.shift, "guidance": preset.cfg_scale, "fine_ode_steps": fine_steps,
               "fine_ode_accuracy": attribute_accuracy(classify(classifier, fine)[0], labels), "schedules": {}}
     for steps in schedules:
