@@ -99,10 +99,11 @@ case "${1:-}" in
     python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" --stages evaluate > "$RUN/evaluate.log" 2>&1
     tail -n 5 "$RUN/evaluate.log" ;;
   collect-teacher)
+    # 4 files (at most 8 come back: v3's lease 1 lost its second teacher part to a ninth file)
     split -b 15M "$RUN/teacher/flow_matching_dit.safetensors" "$OUT/teacher.part-"
-    cp "$RUN/classifier.safetensors" "$RUN/classifier.json" "$RUN/lease.log" "$OUT/"
-    cp "$RUN"/*.log "$RUN/results.json" "$OUT/" 2>/dev/null || true
-    tar czf "$OUT/reports.tgz" -C "$RUN" preset.json teacher/report.json teacher/stage_seconds.json ;;
+    cp "$RUN/classifier.safetensors" "$OUT/"
+    tar czf "$OUT/reports.tgz" -C "$RUN" $(cd "$RUN" && ls preset.json classifier.json teacher/report.json \
+      teacher/stage_seconds.json results.json *.log 2>/dev/null) ;;
   collect)  # at most 8 files come back: the demo's DiT in two parts, its predictor and classifier, the results, the
     # strip, and one archive of every record
     # (a run cut short by the lease's end returns what exists: the rows evaluated so far and every record)
