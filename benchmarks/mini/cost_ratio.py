@@ -51,9 +51,11 @@ def rope_axes(head_width: int) -> tuple[int, int, int]:
     return (head_width // 8, head_width * 7 // 16, head_width * 7 // 16)
 
 
-def median_seconds(first, second, repeats: int) -> tuple[float, float]:
-    """Medians of `repeats` timed calls of each, alternating (so load changes on a shared CPU hit both alike)."""
-    first(), second()  # warm-up
+def median_seconds(first, second, repeats: int, warm_up: bool = True) -> tuple[float, float]:
+    """Medians of `repeats` timed calls of each, alternating (so load changes on a shared CPU hit both alike), after
+    one untimed call of each unless the caller has just made it (`warm_up=False`)."""
+    if warm_up:
+        first(), second()
     times: tuple[list, list] = ([], [])
     for _ in range(repeats):
         for fn, out in ((first, times[0]), (second, times[1])):

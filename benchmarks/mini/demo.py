@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     def disca():
         return sample_cached(host, noise, sigmas, cond, anchors, mode="predictor", predictor=predictor, guidance=guidance)
 
-    full, cached = plain(), disca()
+    full, cached = plain(), disca()  # the videos shown, and the timing's warm-up
     # medians of alternating runs: one pair of runs on a shared CPU can swing the ratio by tenths
-    full_seconds, cached_seconds = median_seconds(plain, disca, TIMED_RUNS)
+    full_seconds, cached_seconds = median_seconds(plain, disca, TIMED_RUNS, warm_up=False)
     videos = from_latents(torch.cat([full, cached]).float()).clamp(-1, 1)
     predicted, _ = classify(classifier, videos)
     verdicts = []
