@@ -241,8 +241,8 @@ def roll_out(host, mode: str, predictor, starts: list[Trajectory], anchors, cond
 
 def full_final(trajectory: Trajectory, sigmas: torch.Tensor) -> torch.Tensor:
     """The all-full trajectory's sample: its last step's Euler update (fp32)."""
-    return euler_step(trajectory.latents[-1:].float(), trajectory.velocities[-1:].float(), sigmas[-2:-1].float(),
-                      sigmas[-1:].float())[0]
+    sigmas = sigmas.to(trajectory.latents.device, torch.float32)  # the pool is on the GPU or not (`pool_on_device`)
+    return euler_step(trajectory.latents[-1:].float(), trajectory.velocities[-1:].float(), sigmas[-2:-1], sigmas[-1:])[0]
 
 
 @torch.no_grad()
@@ -267,7 +267,7 @@ def rollout_report(host, predictor, pool: list[Trajectory], config: PredictorCon
                                                           cond, sigmas, config.guidance, device, "cpu", targets)):
                     on_policy += sum((rollout.used[j].float() - rollout.velocities[j].float()).pow(2).mean().item()
                                      for _, j in pairs) / len(pairs)
-                    final += (rollout.final.float() - full_final(start, sigmas)).pow(2).mean().item()
+                    final += (rollout.final.float() - full_final(start, sigmas).cpu()).pow(2).mean().item()
             tf = teacher_forced[TEACHER_FORCED_KEY[mode]]
             rows[mode] = {"teacher_forced_mse": tf, "final_sample_mse": final / len(pool)}
             if targets:

@@ -62,7 +62,7 @@ def interval_errors(host, x, t, r, cond, substeps: int, guidance: float) -> tupl
 @torch.no_grad()
 def diagnose(host, noise, cond, steps: int, shift: float, substeps: int, guidance: float) -> dict:
     """Per-interval errors along the student's own `steps`-step trajectory, and its final sample."""
-    sigmas = flow_sigmas(steps, shift)
+    sigmas = flow_sigmas(steps, shift).to(noise.device)
     x, intervals = noise.float(), []
     for i in range(steps):
         errors, x = interval_errors(host, x, sigmas[i].expand(x.shape[0]), sigmas[i + 1].expand(x.shape[0]), cond,
@@ -77,7 +77,7 @@ def final_interval_sweep(host, noise, cond, steps: int, shift: float, substeps: 
     """The last interval of the `steps`-step trajectory, [r, sigma_{steps-1}], ending at each r of `r_values` instead
     of 0: the average-velocity error against the instantaneous flow over the same interval. Sampling always ends
     at r = 0, which training reaches only as the edge of t - r <= min(R, t)."""
-    sigmas = flow_sigmas(steps, shift)
+    sigmas = flow_sigmas(steps, shift).to(noise.device)
     x = sample_euler(distilled(host, cond, guidance), noise, sigmas[:steps])  # the student's own steps, but the last
     t = sigmas[steps - 1].expand(x.shape[0])
     return [{**interval_errors(host, x, t, torch.full_like(t, r_value), cond, substeps, guidance)[0], "r": r_value}
