@@ -113,20 +113,20 @@ def test_host_forward_equals_diffusers_forward_exactly(arch):
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_r_embedder_starts_as_the_flow_model(arch):
-    """At init u(x, t, r = t) is the flow model's v bit for bit (1.0 averages a copy of time_in; 1.5 sums an embedder
-    whose last linear is zero but whose first is not, so it still gets gradients)."""
+    """At init u(x, t, r) is the flow model's v bit for bit for every r, not only r = t (the r-embedder's last linear
+    is zero but its first is not, so it still gets gradients; 1.0's averaged time_in is doubled to compensate)."""
     host = tiny_host(arch, seed=2)
     latents, sigma, cond = _inputs(arch)
     guidance = torch.full((2,), 6.0) if host.is_guidance_embedded else None
     with torch.no_grad():
         flow = host(latents, sigma, cond, guidance=guidance)
         host.add_time_r_embedder()
-        assert torch.equal(host(latents, sigma, cond, sigma, guidance), flow)
-        if arch == ARCH_HV10:
-            assert not torch.allclose(host(latents, sigma, cond, sigma - 0.2, guidance), flow)
-        else:
-            r_embedder = host.transformer.time_embed.timestep_embedder_r
-            assert r_embedder.linear_2.weight.abs().max() == 0 and r_embedder.linear_1.weight.abs().max() > 0
+        for r in (sigma, sigma - 0.2, torch.zeros_like(sigma)):
+            assert torch.equal(host(latents, sigma, cond, r, guidance), flow)
+        r_embedder = host.time_r_in if arch == ARCH_HV10 else host.transformer.time_embed.timestep_embedder_r
+        assert r_embedder.linear_2.weight.abs().max() == 0 and r_embedder.linear_1.weight.abs().max() > 0
+        torch.nn.init.normal_(r_embedder.linear_2.weight, std=0.05)  # once trained, r matters
+        assert not torch.allclose(host(latents, sigma, cond, sigma - 0.2, guidance), flow)
     with pytest.raises(ValueError, match="MeanFlow model: pass sigma_next"):
         host(latents, sigma, cond, guidance=guidance)
 

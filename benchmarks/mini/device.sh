@@ -35,9 +35,20 @@ diagnose() {  # the R-MeanFlow diagnosis (meanflow_diagnosis.py) of student $1 (
     --preset "$PRESET" --prompts 256 --out "$RUN/diagnosis_R$1.json"
 }
 
+preflight() {  # every stage on the smoke preset on this machine's GPU, the diagnosis too: the paths only a GPU takes
+  # (devices of tensors) fail here in a minute rather than after the real run's long stages
+  local log="$RUN/preflight.log" RUN="$RUN-preflight" PRESET=smoke
+  rm -rf "$RUN"
+  if ! { mini && diagnose 0.2; } > "$log" 2>&1; then
+    echo "preflight failed on the smoke preset, the real run not started: $log"; tail -n 25 "$log"; return 1
+  fi
+  echo "preflight: every stage and the diagnosis ran on the smoke preset"
+}
+
 rest() {  # lane 0: R-MeanFlow and the predictors that continue from predictor_mse; lane 1: MeanFlow R = 1.0, then
   # (once R-MeanFlow exists) the on-policy and frontier predictors, then the diagnosis while lane 0 evaluates
   # (on one GPU both lanes share it: a batch-64 MeanFlow step does not fill an H200)
+  preflight || return 1
   mini --stages data,cfg_distill,calibrate || return 1
   ( export CUDA_VISIBLE_DEVICES=$(( $(nvidia-smi -L | wc -l) > 1 )); mini --stages meanflow_R1.0 \
       && until [ -f "$RUN/meanflow_R0.2/stage_seconds.json" ]; do sleep 5; done \
@@ -86,9 +97,20 @@ case "${1:-}" in
     cp "$CARRIED/classifier.safetensors" "$RUN/classifier.safetensors"
     cp benchmarks/mini/logs/v3_lease1/classifier.json "$RUN/classifier.json"
     cp benchmarks/mini/logs/v3_lease1/teacher_report.json "$RUN/teacher/report.json"
-    cp benchmarks/mini/logs/v3_lease1/teacher_stage_seconds.json "$RUN/teacher/stage_seconds.json" ;;
+    cp benchmarks/mini/logs/v3_lease1/teacher_stage_seconds.json "$RUN/teacher/stage_seconds.json"
+    # v3, lease 3: lease 2's CFG-distilled DiT, when carried (the MeanFlow students are trained again: their init
+    # changed after lease 2, and calibrate measures that init)
+    if [ -f "$CARRIED/lease2/cfg_distill.safetensors" ]; then
+      records=benchmarks/mini/logs/v3_lease2
+      (cd "$CARRIED/lease2" && sha256sum -c --ignore-missing "$OLDPWD/$records/SHA256SUMS")
+      mkdir -p "$RUN/cfg_distill"
+      cp "$CARRIED/lease2/cfg_distill.safetensors" "$RUN/cfg_distill/cfg_distilled_dit.safetensors"
+      cp "$records/cfg_distill_report.json" "$RUN/cfg_distill/report.json"
+      cp "$records/cfg_distill_stage_seconds.json" "$RUN/cfg_distill/stage_seconds.json"
+    fi ;;
+  preflight) preflight ;;
   rest)  # every stage after the teacher, then the MeanFlow diagnosis of both students; two lanes on two GPUs
-    setsid nohup bash -c "$(declare -f mini diagnose rest); rest" > "$RUN/lease.log" 2>&1 < /dev/null &
+    setsid nohup bash -c "$(declare -f mini diagnose preflight rest); rest" > "$RUN/lease.log" 2>&1 < /dev/null &
     echo $! > "$RUN/lease.pid"
     echo "started the rest (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log, lanes $RUN/lane*.log" ;;
   wait)  # up to ${2:-540} s, or until the run ends
@@ -112,6 +134,6 @@ case "${1:-}" in
       [ -f "$RUN/$file" ] && cp "$RUN/$file" "$OUT/"; done
     tar czf "$OUT/reports.tgz" -C "$RUN" $(cd "$RUN" && ls preset.json embedded/demo.json calibrate/calibration.json \
       */report.json */stage_seconds.json *.log diagnosis_*.json RESULTS.md 2>/dev/null) ;;
-  *) echo "usage: $0 prepare | teacher-ddp | teacher | restore | rest | wait [seconds] | evaluate | collect-teacher | collect" >&2
+  *) echo "usage: $0 prepare | teacher-ddp | teacher | restore | preflight | rest | wait [seconds] | evaluate | collect-teacher | collect" >&2
      exit 2 ;;
 esac
