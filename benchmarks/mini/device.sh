@@ -9,6 +9,7 @@
 #                 device.sh collect-teacher
 #   v3, lease 2:  (carry runs/v3/teacher.safetensors and runs/v3/classifier.safetensors)  device.sh restore;
 #                 device.sh rest;  device.sh wait ...;  device.sh collect
+#   v3, lease 3:  as lease 2, with runs/v3/lease2/cfg_distill.safetensors carried in a second call (README "v3")
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
 # leases compute what one uninterrupted `python -m benchmarks.mini.run --out runs/mini` computes.
