@@ -42,7 +42,7 @@ def test_every_stage_writes_its_result_and_the_report_checks_the_orderings(smoke
     assert results["seeds"]["0"]["MeanFlow (R=1.0) 10 steps"] != results["seeds"]["1"]["MeanFlow (R=1.0) 10 steps"]
     report = open(paths["report"]).read()
     verdicts = [line for line in report.splitlines() if line.startswith("  - ")]
-    assert "## The paper's orderings" in report and len(verdicts) == 18  # (a)-(f): 3+2+3+3+3+3+1 comparisons
+    assert "## The paper's orderings" in report and len(verdicts) == 20  # (a)-(f): 3+2+2+3+3+3+3+1 comparisons
     assert all(line[4:].startswith(("HOLDS", "DOES NOT HOLD", "NOT SEPARABLE")) for line in verdicts), verdicts
     for image in ("quality_vs_calls.png", "strip.png"):
         assert os.path.getsize(os.path.join(smoke_run, image)) > 1000

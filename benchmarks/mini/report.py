@@ -49,6 +49,8 @@ def orderings(rows: dict, steps: int) -> list[tuple[str, list[dict | None]]]:
          [compare(rows, f"DisCa N={n} (MSE+GAN)", best_training_free(n)) for n in (2, 3, 4)]),
         (f"(b) R-MeanFlow > MeanFlow at 10 and {steps} steps",
          [compare(rows, f"R-MeanFlow (R=0.2) {n} steps", f"MeanFlow (R=1.0) {n} steps") for n in (10, steps)]),
+        (f"(b) R-MeanFlow > its start, Euler on the CFG-distilled DiT, at 10 and {steps} steps",
+         [compare(rows, f"R-MeanFlow (R=0.2) {n} steps", f"CFG-distilled, no MeanFlow, {n} steps") for n in (10, steps)]),
         ("(c) MSE+GAN >= MSE-only", [compare(rows, f"DisCa N={n} (MSE+GAN)", f"DisCa N={n} (MSE)") for n in (2, 3, 4)]),
         ("(c) MSE+GAN >= MSE-only with as many extra MSE steps as the GAN phase (control)",
          [compare(rows, f"DisCa N={n} (MSE+GAN)", f"DisCa N={n} (MSE, +GAN-phase steps as MSE)") for n in (2, 3, 4)]),
@@ -92,6 +94,7 @@ def plot(rows: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     styles = {"teacher": ("k", "*"), "meanflow": ("tab:gray", "s"), "rmeanflow": ("tab:blue", "s"),
+              "cfg_distilled": ("tab:purple", "s"),
               "equal_calls": ("tab:cyan", "D"), "training_free": ("tab:orange", "v"), "predictor_mse": ("tab:olive", "o"),
               "predictor_mse_long": ("tab:brown", "o"), "predictor_gan": ("tab:red", "o"),
               "predictor_on_policy": ("tab:green", "o"), "predictor_frontier": ("tab:pink", "P")}

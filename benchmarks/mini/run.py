@@ -365,6 +365,9 @@ def method_rows(preset: Preset, paths: Paths) -> list[dict]:
             dict(name=f"MeanFlow (R=1.0) {preset.steps} steps", model=mf, sampler=plain(preset.steps), group="meanflow")]
     for steps in (10, preset.steps):
         rows.append(dict(name=f"R-MeanFlow (R=0.2) {steps} steps", model=rmf, sampler=plain(steps), group="rmeanflow"))
+    for steps in (10, preset.steps):  # what MeanFlow training starts from: Euler on the CFG-distilled DiT
+        rows.append(dict(name=f"CFG-distilled, no MeanFlow, {steps} steps", model=paths["cfg_distill"],
+                         sampler=plain(steps), group="cfg_distilled"))
     for interval in (2, 3, 4):
         calls = len(AnchorSchedule(interval=interval).anchor_steps(preset.steps))
         rows.append(dict(name=f"R-MeanFlow {calls} steps (no cache; = DisCa N={interval} calls)", model=rmf,
