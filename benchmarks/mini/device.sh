@@ -69,7 +69,7 @@ launch2() {  # the training stages on every GPU of the machine (DDP; run.py spli
 
 case "${1:-}" in
   prepare)  # v3, lease 1, before the teacher: data and classifier in one process (the teacher reads them)
-    python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" --stages data,classifier > "$RUN/prepare.log" 2>&1 ;;
+    mini --stages data,classifier > "$RUN/prepare.log" 2>&1 ;;
   teacher-ddp)
     # v3: the teacher on every GPU; steps = TEACHER_STEPS, or what fits TEACHER_SECONDS at the throughput a 300-step
     # probe measures
@@ -92,13 +92,14 @@ case "${1:-}" in
     echo "teacher throughput $rate it/s -> $steps steps in ${TEACHER_SECONDS}s"
     start --stages data,classifier,teacher --teacher-steps "$steps" ;;
   restore)  # v3, lease 2: the teacher and classifier carried in $CARRIED (runs/v3), with lease 1's stage records
-    (cd "$CARRIED" && sha256sum -c "$OLDPWD/benchmarks/mini/logs/v3_lease1/SHA256SUMS")  # lease 1's files, unchanged
+    records=benchmarks/mini/logs/v3_lease1
+    (cd "$CARRIED" && sha256sum -c "$OLDPWD/$records/SHA256SUMS")  # lease 1's files, unchanged
     mkdir -p "$RUN/teacher"
     cp "$CARRIED/teacher.safetensors" "$RUN/teacher/flow_matching_dit.safetensors"
     cp "$CARRIED/classifier.safetensors" "$RUN/classifier.safetensors"
-    cp benchmarks/mini/logs/v3_lease1/classifier.json "$RUN/classifier.json"
-    cp benchmarks/mini/logs/v3_lease1/teacher_report.json "$RUN/teacher/report.json"
-    cp benchmarks/mini/logs/v3_lease1/teacher_stage_seconds.json "$RUN/teacher/stage_seconds.json"
+    cp "$records/classifier.json" "$RUN/classifier.json"
+    cp "$records/teacher_report.json" "$RUN/teacher/report.json"
+    cp "$records/teacher_stage_seconds.json" "$RUN/teacher/stage_seconds.json"
     # v3, lease 3: lease 2's CFG-distilled DiT, when carried (the MeanFlow students are trained again: their init
     # changed after lease 2, and calibrate measures that init)
     if [ -f "$CARRIED/lease2/cfg_distill.safetensors" ]; then
@@ -119,7 +120,7 @@ case "${1:-}" in
     for log in "$RUN"/lane*.log "$RUN/lease.log"; do [ -f "$log" ] && echo "== $log" && tr '\r' '\n' < "$log" | grep -v '^\s*$' | tail -n 6; done
     kill -0 "$(cat "$RUN/lease.pid")" 2>/dev/null && echo "RUNNING" || echo "DONE" ;;
   evaluate)  # every row whose models exist (after the teacher: the teacher's own row)
-    python3 -m benchmarks.mini.run --out "$RUN" --preset "$PRESET" --stages evaluate > "$RUN/evaluate.log" 2>&1
+    mini --stages evaluate > "$RUN/evaluate.log" 2>&1
     tail -n 5 "$RUN/evaluate.log" ;;
   collect-teacher)
     # 4 files (at most 8 come back: v3's lease 1 lost its second teacher part to a ninth file)

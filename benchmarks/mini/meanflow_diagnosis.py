@@ -116,7 +116,7 @@ def objective_by_interval(host, teacher, preset, samples: int, R: float, p: floa
         losses.append((u_fn(x_rows, t_rows, r_rows) - target).pow(2).flatten(1).sum(dim=1).cpu())
     loss = torch.cat(losses).double()
     weight = 1 / (loss + c).pow(p)
-    half_power = 1 / (loss + c).sqrt()  # p = 0.5, between the stage's p = 1 and plain MSE's p = 0
+    half_power = 1 / (loss + c).pow(0.5)  # between the stage's p = 1 and plain MSE's p = 0
     buckets = []
     for low, high in ((0.0, 0.05), (0.05, 0.1), (0.1, 1.0)):
         for near_data in (False, True):

@@ -136,30 +136,26 @@ class HunyuanVideoHost(nn.Module):
         """Make this a MeanFlow model: add the r-embedder so that, at init, u(x, t, r) equals the flow model's v(x, t)
         exactly for every r (the average velocity starts as one Euler step, the best guess without training).
 
-        The r-embedder starts as a copy of the t-embedder with its last linear zeroed (a zero-init of the whole
-        embedder would get no gradient through SiLU(0) = 0, distillation.md §5). 1.5 sums the two embeddings; 1.0
-        averages them, (time_in(t) + time_r_in(r)) / 2, so its time_in's last linear is doubled. (A plain copy of
+        The r-embedder starts as a silent copy of the t-embedder (`_silent_timestep_embedder`). 1.5 sums the two
+        embeddings; 1.0 averages them, (time_in(t) + time_r_in(r)) / 2, so its time_in's last linear is doubled. (A plain copy of
         time_in matches the flow model only at r = t: on the v3 DisCa-mini its average velocity over a 10-step
         schedule's last interval was off by 99 % at init, against 15 % for one Euler step; README "v3", lease 2.)
         """
         if self.is_meanflow:
             raise ValueError("the model already has an r-embedder (time_r_in)")
+        r_embedder = self._silent_timestep_embedder()
         if self.arch == ARCH_HV10:
-            time_in = self.transformer.time_text_embed.timestep_embedder
-            self.time_r_in = copy.deepcopy(time_in)
-            nn.init.zeros_(self.time_r_in.linear_2.weight)
-            nn.init.zeros_(self.time_r_in.linear_2.bias)
+            last = self._timestep_embedder().linear_2
             with torch.no_grad():  # x2 is exact in floating point: (2 time_in(t) + 0) / 2 == time_in(t) bit for bit
-                time_in.linear_2.weight.mul_(2)
-                time_in.linear_2.bias.mul_(2)
+                last.weight.mul_(2)
+                last.bias.mul_(2)
+            self.time_r_in = r_embedder
             return
         from diffusers.models.embeddings import Timesteps
 
         time_embed = self.transformer.time_embed
         time_embed.time_proj_r = Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)
-        time_embed.timestep_embedder_r = copy.deepcopy(time_embed.timestep_embedder)
-        nn.init.zeros_(time_embed.timestep_embedder_r.linear_2.weight)
-        nn.init.zeros_(time_embed.timestep_embedder_r.linear_2.bias)
+        time_embed.timestep_embedder_r = r_embedder
         time_embed.use_meanflow = True
         self.transformer.register_to_config(use_meanflow=True)
 
@@ -167,14 +163,20 @@ class HunyuanVideoHost(nn.Module):
         """Make this a guidance-embedded (CFG-distilled) model; the last linear starts at zero so nothing changes at init."""
         if self.is_guidance_embedded:
             raise ValueError("the model already has a guidance embedder (guidance_in)")
-        embedder = copy.deepcopy(self._timestep_embedder())
-        nn.init.zeros_(embedder.linear_2.weight)
-        nn.init.zeros_(embedder.linear_2.bias)
+        embedder = self._silent_timestep_embedder()
         if self.arch == ARCH_HV10:
             self.transformer.time_text_embed.guidance_embedder = embedder
             self.transformer.register_to_config(guidance_embeds=True)
         else:
             self.guidance_in = embedder
+
+    def _silent_timestep_embedder(self) -> nn.Module:
+        """A copy of the t-embedder whose output is 0 at init: its last linear zeroed, its first kept so it still
+        gets gradients (a zero first linear would pass none through SiLU(0) = 0)."""
+        embedder = copy.deepcopy(self._timestep_embedder())
+        nn.init.zeros_(embedder.linear_2.weight)
+        nn.init.zeros_(embedder.linear_2.bias)
+        return embedder
 
     def _timestep_embedder(self) -> nn.Module:
         if self.arch == ARCH_HV10:
