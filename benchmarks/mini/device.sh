@@ -10,6 +10,7 @@
 #   v3, lease 2:  (carry runs/v3/teacher.safetensors and runs/v3/classifier.safetensors)  device.sh restore;
 #                 device.sh rest;  device.sh wait ...;  device.sh collect
 #   v3, lease 3:  as lease 2, with runs/v3/lease2/cfg_distill.safetensors carried in a second call (README "v3")
+#   v3, lease 4:  (carry as lease 2)  device.sh budget;  device.sh wait ...;  device.sh collect-budget
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
 # leases compute what one uninterrupted `python -m benchmarks.mini.run --out runs/mini` computes.
@@ -61,6 +62,16 @@ rest() {  # lane 0: R-MeanFlow and the predictors that continue from predictor_m
   wait
 }
 
+budget_lanes() {  # predictor_budget.py: three trainings side by side (two share GPU 0), then their evaluation
+  mini --stages data || return 1
+  local budget="python3 -m benchmarks.mini.predictor_budget --out $RUN --preset $PRESET"
+  CUDA_VISIBLE_DEVICES=$(( $(nvidia-smi -L | wc -l) > 1 )) $budget --train x6_lr4x > "$RUN/lane1.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 $budget --train frontier_x6 > "$RUN/lane2.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 $budget --train x6 > "$RUN/lane0.log" 2>&1
+  wait
+  CUDA_VISIBLE_DEVICES=0 $budget --evaluate
+}
+
 launch2() {  # the training stages on every GPU of the machine (DDP; run.py splits the preset's global batch)
   if [ "$(nvidia-smi -L | wc -l)" = 1 ]; then python3 -m benchmarks.mini.run "$@"; return; fi
   accelerate launch --config_file training/configs/accelerate_ddp.yaml --num_processes "$(nvidia-smi -L | wc -l)" \
@@ -110,6 +121,18 @@ case "${1:-}" in
       cp "$records/cfg_distill_report.json" "$RUN/cfg_distill/report.json"
       cp "$records/cfg_distill_stage_seconds.json" "$RUN/cfg_distill/stage_seconds.json"
     fi ;;
+  budget)  # v3, after lease 3 (predictor_budget.py): the teacher and classifier carried as for lease 2; the R-MeanFlow
+    # student is the demo's DiT (lease 3's, checked by its sha256)
+    bash "$0" restore
+    (cd benchmarks/mini/weights && sed -n 's#runs/mini/meanflow_R0.2/meanflow_dit#dit#p' ../logs/v3_lease3/SHA256SUMS | sha256sum -c)
+    mkdir -p "$RUN/meanflow_R0.2" && cp benchmarks/mini/weights/dit.safetensors "$RUN/meanflow_R0.2/meanflow_dit.safetensors"
+    setsid nohup bash -c "$(declare -f mini budget_lanes); budget_lanes" > "$RUN/lease.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/lease.pid"
+    echo "started the predictor budget (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log, lanes $RUN/lane*.log" ;;
+  collect-budget)  # its results, reports and predictors
+    for file in "$RUN"/predictor_budget/*/predictor.safetensors; do cp "$file" "$OUT/$(basename "$(dirname "$file")").safetensors"; done
+    tar czf "$OUT/budget.tgz" -C "$RUN" $(cd "$RUN" && ls predictor_budget/results.json predictor_budget/RESULTS.md \
+      predictor_budget/*/report.json predictor_budget/*/stage_seconds.json *.log 2>/dev/null) ;;
   preflight) preflight ;;
   rest)  # every stage after the teacher, then the MeanFlow diagnosis of both students; two lanes on two GPUs
     setsid nohup bash -c "$(declare -f mini diagnose preflight rest); rest" > "$RUN/lease.log" 2>&1 < /dev/null &
@@ -136,6 +159,6 @@ case "${1:-}" in
       [ -f "$RUN/$file" ] && cp "$RUN/$file" "$OUT/"; done
     tar czf "$OUT/reports.tgz" -C "$RUN" $(cd "$RUN" && ls preset.json embedded/demo.json calibrate/calibration.json \
       */report.json */stage_seconds.json *.log diagnosis_*.json RESULTS.md 2>/dev/null) ;;
-  *) echo "usage: $0 prepare | teacher-ddp | teacher | restore | preflight | rest | wait [seconds] | evaluate | collect-teacher | collect" >&2
+  *) echo "usage: $0 prepare | teacher-ddp | teacher | restore | preflight | rest | budget | wait [seconds] | evaluate | collect-teacher | collect | collect-budget" >&2
      exit 2 ;;
 esac

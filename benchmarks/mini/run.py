@@ -338,29 +338,45 @@ def generate(sampler, evalset: EvalSet, preset: Preset, host: HunyuanVideoHost, 
     return torch.cat(videos), counter.per_video(preset.held_out), seconds / preset.held_out
 
 
+def teacher_sampler(preset: Preset):
+    """The teacher with real CFG (two branches) over its own step count: the PSNR reference of every row."""
+    negative = encode_prompts([""])
+
+    def sampler(host, noise, cond):
+        neg = {k: v.to(noise.device) for k, v in negative.items()}
+        return sample_euler(guided(host, cond, neg, preset.cfg_scale), noise, flow_sigmas(preset.teacher_steps, preset.shift))
+    return sampler
+
+
+def plain_sampler(preset: Preset, steps: int):
+    """A distilled DiT with Euler steps (a MeanFlow student: its average velocity over each step), no cache."""
+    return lambda host, noise, cond: sample_euler(distilled(host, cond, preset.cfg_scale), noise,
+                                                  flow_sigmas(steps, preset.shift))
+
+
+def cached_sampler(preset: Preset, interval: int | None, mode: str, predictor_file: str | None = None,
+                   steps: int | None = None, anchors: tuple[int, ...] | None = None):
+    """A distilled DiT with a cache: the full model on the anchor steps (every `interval`-th, or `anchors`), `mode`
+    (output reuse, Taylor-1 or a learned predictor) on the others."""
+    steps = steps or preset.steps
+    anchors = anchors or AnchorSchedule(interval=interval).anchor_steps(steps)
+
+    def sampler(host, noise, cond):
+        predictor = load_predictor(predictor_file).to(noise.device) if predictor_file else None
+        return sample_cached(host, noise, flow_sigmas(steps, preset.shift), cond, anchors, mode=mode,
+                             predictor=predictor, guidance=preset.cfg_scale)
+    return sampler
+
+
 def method_rows(preset: Preset, paths: Paths) -> list[dict]:
     """Every evaluated configuration: (row name, model file, sampler). Samplers take (host, noise, cond)."""
     rmf, mf = paths["meanflow_R0.2"], paths["meanflow_R1.0"]
     g = preset.cfg_scale
-    negative = encode_prompts([""])
+    plain = functools.partial(plain_sampler, preset)
+    cached = functools.partial(cached_sampler, preset)
 
-    def teacher(host, noise, cond):
-        neg = {k: v.to(noise.device) for k, v in negative.items()}
-        return sample_euler(guided(host, cond, neg, g), noise, flow_sigmas(preset.teacher_steps, preset.shift))
-
-    def plain(steps):
-        return lambda host, noise, cond: sample_euler(distilled(host, cond, g), noise, flow_sigmas(steps, preset.shift))
-
-    def cached(interval, mode, predictor_file=None, steps=preset.steps, anchors=None):
-        anchors = anchors or AnchorSchedule(interval=interval).anchor_steps(steps)
-
-        def sampler(host, noise, cond):
-            predictor = load_predictor(predictor_file).to(noise.device) if predictor_file else None
-            return sample_cached(host, noise, flow_sigmas(steps, preset.shift), cond, anchors, mode=mode,
-                                 predictor=predictor, guidance=g)
-        return sampler
-
-    rows = [dict(name=f"teacher {preset.teacher_steps}x2 (CFG {g})", model=paths["teacher"], sampler=teacher, group="teacher"),
+    rows = [dict(name=f"teacher {preset.teacher_steps}x2 (CFG {g})", model=paths["teacher"], sampler=teacher_sampler(preset),
+                 group="teacher"),
             dict(name="MeanFlow (R=1.0) 10 steps", model=mf, sampler=plain(10), group="meanflow"),
             dict(name=f"MeanFlow (R=1.0) {preset.steps} steps", model=mf, sampler=plain(preset.steps), group="meanflow")]
     for steps in (10, preset.steps):
@@ -396,23 +412,27 @@ def load_predictor(path: str) -> DiffusersPredictor:
     return DiffusersPredictor.from_file(load_predictor_file(path), path).eval()
 
 
-def evaluate(preset: Preset, paths: Paths, device: torch.device) -> bool:
-    """Every row whose weights exist, on the same held-out prompts, once per noise seed (`Preset.eval_seeds`); rows
-    already in results.json are kept, so a run split over leases adds rows as their models appear. Returns whether
-    every row is done."""
+def evaluate(preset: Preset, paths: Paths, device: torch.device, rows: list[dict] | None = None,
+             results_file: str | None = None, strip_path: str | None = None) -> bool:
+    """Every row (default: `method_rows`) whose weights exist, on the same held-out prompts, once per noise seed
+    (`Preset.eval_seeds`), into `results_file` (default: the run's results.json) and the first prompt's videos into
+    `strip_path` (default: the run's strip; "" = none); rows already in the results are kept, so a run split over
+    leases adds rows as their models appear. Returns whether every row is done."""
     from safetensors.torch import load_file, save_file
 
+    rows = rows if rows is not None else method_rows(preset, paths)
+    results_file = results_file or paths["evaluate"]
+    strip_path = os.path.join(paths.out, "strip.safetensors") if strip_path is None else strip_path
     classifier = load_classifier(paths["classifier"])
-    seeds = _read_json(paths["evaluate"]).get("seeds", {})
-    strip_path = os.path.join(paths.out, "strip.safetensors")
-    strip = load_file(strip_path) if os.path.isfile(strip_path) else {}
+    seeds = _read_json(results_file).get("seeds", {})
+    strip = load_file(strip_path) if strip_path and os.path.isfile(strip_path) else {}
     hosts: dict[str, HunyuanVideoHost] = {}
     done = True
     for noise_seed in preset.eval_seeds:
         evalset = eval_set(preset, classifier, noise_seed)
         results = seeds.setdefault(str(noise_seed), {})
         teacher_videos = None
-        for row in method_rows(preset, paths):
+        for row in rows:
             is_teacher = row["group"] == "teacher"  # always run: its videos are the PSNR reference of the others
             if row["name"] in results and not is_teacher:
                 continue
@@ -430,14 +450,15 @@ def evaluate(preset: Preset, paths: Paths, device: torch.device) -> bool:
                 "frechet_distance": frechet_distance(features, evalset.real_features),
                 "psnr_vs_teacher": float(psnr(videos, teacher_videos).mean()),
             }
-            if noise_seed == preset.eval_seeds[0]:
+            if strip_path and noise_seed == preset.eval_seeds[0]:
                 strip[row["name"]] = videos[0].contiguous()
             logger.info("noise seed %d  %-50s calls %5.1f  acc(all) %.3f  FD %.2f  PSNR %.2f dB", noise_seed, row["name"],
                         calls, results[row["name"]]["accuracy"]["all"], results[row["name"]]["frechet_distance"],
                         results[row["name"]]["psnr_vs_teacher"])
-            _write_json(paths["evaluate"], {"seeds": seeds, "prompt_0": evalset.prompts[0],
-                                            "held_out": preset.held_out, "device": device_name(device)})
-            save_file(strip, strip_path)
+            _write_json(results_file, {"seeds": seeds, "prompt_0": evalset.prompts[0],
+                                       "held_out": preset.held_out, "device": device_name(device)})
+            if strip_path:
+                save_file(strip, strip_path)
     return done
 
 
