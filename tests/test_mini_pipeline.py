@@ -48,6 +48,28 @@ def test_every_stage_writes_its_result_and_the_report_checks_the_orderings(smoke
         assert os.path.getsize(os.path.join(smoke_run, image)) > 1000
 
 
+def test_predictor_budget_trains_a_variant_from_the_run_and_evaluates_it_beside_the_frontier_rows(smoke_run):
+    from benchmarks.mini import predictor_budget as budget
+    preset, paths = run.PRESETS["smoke"], run.Paths(smoke_run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        budget.main(["--out", smoke_run, "--preset", "smoke", "--train", "x6", "--device", "cpu"])
+        with pytest.raises(SystemExit):
+            budget.main(["--out", smoke_run, "--preset", "smoke", "--train", "x7"])
+        budget.main(["--out", smoke_run, "--preset", "smoke", "--evaluate", "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
+    report = json.load(open(os.path.join(smoke_run, budget.FOLDER, "x6", "report.json")))
+    assert report["steps"] == budget.STEPS_FACTOR * preset.predictor_mse_steps
+    assert [e["step"] for e in report["held_out_evaluations"]][-1] == report["steps"]
+    rows = json.load(open(os.path.join(smoke_run, budget.FOLDER, "results.json")))["seeds"]["0"]
+    assert rows["DisCa N=4 (MSE, x6)"]["dit_calls"] == len(range(0, preset.steps, 4))
+    assert rows[f"output reuse, {len(run.FRONTIER_ANCHORS)} of {run.FRONTIER_STEPS} full steps"]["dit_calls"] == len(run.FRONTIER_ANCHORS)
+    assert not any("x6_lr4x" in name for name in rows)  # untrained variants are left out, not failed
+    assert "DisCa N=4 (MSE, x6)" in open(os.path.join(smoke_run, budget.FOLDER, "RESULTS.md")).read()
+
+
 def test_a_finished_stage_is_skipped_not_redone(smoke_run):
     before = os.path.getmtime(run.Paths(smoke_run)["teacher"])
     run.run("smoke", smoke_run, stages=("teacher",))
