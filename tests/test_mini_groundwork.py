@@ -188,3 +188,15 @@ def test_classifier_learns_attributes_and_round_trips(tmp_path):
     loaded = metrics.load_classifier(path)
     # the same batch through both: a batch of 8 and one of 128 may take different CPU kernels
     assert torch.equal(metrics.classify(loaded, held_out[:8])[1], metrics.classify(model, held_out[:8])[1])
+
+
+def test_report_marks_an_accuracy_gap_inside_its_standard_error():
+    from benchmarks.mini.report import accuracy_gap_within_noise
+
+    def row(accuracy):
+        return {"accuracy": {"all": accuracy}}
+    # 512 prompts at ~0.45: each row's standard error 0.022, the gap's 0.031
+    assert accuracy_gap_within_noise(row(0.436), row(0.441), 512)
+    assert accuracy_gap_within_noise(row(0.441), row(0.469), 512)
+    assert not accuracy_gap_within_noise(row(0.391), row(0.469), 512)
+    assert not accuracy_gap_within_noise(row(0.436), row(0.441), 1_000_000)  # the same gap on a million prompts
