@@ -88,6 +88,23 @@ def test_demo_writes_a_side_by_side_gif_and_reports_speed_and_verdicts(smoke_run
     assert "speedup" in printed and "classifier, with DisCa" in printed
 
 
+def test_demo_takes_an_anchor_list_and_refuses_bad_schedules_before_loading_models(smoke_run, tmp_path, capsys):
+    weights = os.path.join(smoke_run, "embedded")
+    result = demo.main(["--weights", weights, "--out", str(tmp_path / "d.gif"), "--schedule", "0 1 4"])
+    assert result["dit_calls"]["with"] == 3 and "anchors [0, 1, 4]" in capsys.readouterr().out
+    steps = run.PRESETS["smoke"].steps
+    settings_only = tmp_path / "settings_only"  # no model files: a bad schedule must be refused before loading them
+    settings_only.mkdir()
+    (settings_only / "demo.json").write_text(open(os.path.join(weights, "demo.json")).read())
+    for args, message in ((["--schedule", f"0 {steps}"], f"has step {steps} but the sampler runs only {steps} steps"),
+                          (["--schedule", "1 2"], "must start with step 0"),
+                          (["--interval", "0"], "interval N must be >= 1"),
+                          (["--schedule", "N2", "--interval", "2"], "give --schedule or --interval, not both")):
+        with pytest.raises(SystemExit):
+            demo.main(["--weights", str(settings_only), "--out", str(tmp_path / "e.gif"), *args])
+        assert message in capsys.readouterr().err, args
+
+
 def test_demo_refuses_an_output_that_is_not_a_gif(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--out", "results"])

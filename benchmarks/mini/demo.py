@@ -4,9 +4,9 @@
     python -m benchmarks.mini.demo --prompt "a blue square moving up, fast, over a dotted background"
 
 Both videos start from the same noise. Left: the R-MeanFlow-distilled DiT for every step. Right: DisCa, the full DiT
-on every N-th step and the learned predictor on the others. The demo prints the measured wall-time speedup (same
-machine, same run: medians of alternating timed runs after a first untimed one each) and what the attribute classifier
-sees in each video.
+on the anchor steps (demo.json's schedule, or --schedule / --interval) and the learned predictor on the others. The
+demo prints the measured wall-time speedup (same machine, same run: medians of alternating timed runs after a first
+untimed one each) and what the attribute classifier sees in each video.
 Prompts use the DisCa-mini vocabulary: `a <colour> <shape> moving <direction>, <speed>[, and a small <colour>
 <shape> moving <direction>, <speed>], over a <background> background`.
 """
@@ -27,7 +27,7 @@ from benchmarks.mini.text import encode_prompts
 from disca.formats import load_predictor_file
 from disca.hosts.diffusers import DiffusersPredictor, load_host
 from disca.sampling import distilled, sample_cached, sample_euler
-from disca.schedules import AnchorSchedule, flow_sigmas
+from disca.schedules import AnchorSchedule, ScheduleError, flow_sigmas
 
 TIMED_RUNS = 3
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
@@ -51,14 +51,12 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
     return wanted
 
 
-def load_demo(weights: str):
-    with open(os.path.join(weights, "demo.json")) as f:
-        settings = json.load(f)
+def load_models(weights: str):
     host = load_host(os.path.join(weights, "dit.safetensors")).requires_grad_(False).eval()
     predictor_path = os.path.join(weights, "predictor.safetensors")
     predictor = DiffusersPredictor.from_file(load_predictor_file(predictor_path), predictor_path).eval()
     classifier = load_classifier(os.path.join(weights, "classifier.safetensors"))
-    return settings, host, predictor, classifier
+    return host, predictor, classifier
 
 
 def to_gif(left: torch.Tensor, right: torch.Tensor, labels: tuple[str, str], path: str, scale: int = 4) -> None:
@@ -82,7 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--seed", type=int, default=0, help="noise seed (both videos use the same noise)")
-    parser.add_argument("--interval", type=int, default=None, help="DisCa: full DiT every N-th step (default: the trained N=4)")
+    parser.add_argument("--schedule", default=None,
+                        help="DisCa's anchor steps: N2/N3/N4 or a step list such as '0 1 4 8 12 16' (default: demo.json's)")
+    parser.add_argument("--interval", type=int, default=None, help="DisCa: full DiT every N-th step (= --schedule N<N>)")
     parser.add_argument("--out", default="disca_demo.gif", help="side-by-side GIF to write")
     parser.add_argument("--weights", default=WEIGHTS, help="folder with dit/predictor/classifier safetensors + demo.json")
     args = parser.parse_args(argv)
@@ -90,10 +90,18 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--out {args.out!r}: give the path of a .gif file to write, e.g. --out disca_demo.gif")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     wanted = prompt_attributes(args.prompt)
-    settings, host, predictor, classifier = load_demo(args.weights)
+    with open(os.path.join(args.weights, "demo.json")) as f:
+        settings = json.load(f)
     steps, shift, guidance = settings["steps"], settings["shift"], settings["guidance"]
-    interval = args.interval or settings["interval"]
-    anchors = AnchorSchedule(interval=interval).anchor_steps(steps)
+    if args.schedule and args.interval is not None:
+        parser.error("give --schedule or --interval, not both")
+    try:
+        schedule = (AnchorSchedule(interval=args.interval, name=f"N={args.interval}") if args.interval is not None else
+                    AnchorSchedule.parse(args.schedule or settings.get("schedule") or f"N{settings['interval']}"))
+        anchors = schedule.anchor_steps(steps)
+    except ScheduleError as error:
+        parser.error(f"--schedule / --interval: {error}")
+    host, predictor, classifier = load_models(args.weights)
     sigmas = flow_sigmas(steps, shift)
     cond = encode_prompts([args.prompt])
     noise = torch.randn(1, host.transformer.config.in_channels, *settings["latent_shape"],
@@ -115,13 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
         seen = {name: ATTRIBUTES[name][int(predicted[name][row])] for name in ATTRIBUTES}
         verdicts.append({"seen": seen, "matches": {name: seen[name] == wanted[name] for name in ATTRIBUTES}})
     labels = (f"R-MeanFlow {steps} steps: {steps} DiT calls",
-              f"DisCa N={interval}: {len(anchors)} DiT + {steps - len(anchors)} predictor")
+              f"DisCa: {len(anchors)} DiT + {steps - len(anchors)} predictor")
     to_gif(videos[0], videos[1], labels, args.out)
     result = {"prompt": args.prompt, "gif": os.path.abspath(args.out), "seconds_without_disca": full_seconds,
               "seconds_with_disca": cached_seconds, "speedup": full_seconds / cached_seconds,
               "dit_calls": {"without": steps, "with": len(anchors)}, "classifier": {"without": verdicts[0], "with": verdicts[1]}}
     print(f"prompt: {args.prompt}")
-    print(f"without DisCa: {full_seconds:.2f} s ({steps} DiT calls) | with DisCa N={interval}: {cached_seconds:.2f} s "
+    print(f"without DisCa: {full_seconds:.2f} s ({steps} DiT calls) | with DisCa, anchors {sorted(anchors)}: {cached_seconds:.2f} s "
           f"({len(anchors)} DiT calls + {steps - len(anchors)} predictor steps) -> speedup {result['speedup']:.2f}x "
           f"(medians of {TIMED_RUNS} alternating runs on this machine, {torch.get_num_threads()} threads)")
     for name, verdict in (("without DisCa", verdicts[0]), ("with DisCa", verdicts[1])):
