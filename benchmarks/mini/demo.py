@@ -4,7 +4,7 @@
     python -m benchmarks.mini.demo --prompt "a blue square moving up, fast, over a dotted background"
 
 Both videos start from the same noise. Left: the R-MeanFlow-distilled DiT for every step. Right: DisCa, the full DiT
-on the anchor steps (demo.json's schedule, or --schedule / --interval) and the learned predictor on the others. The
+on every N-th step (demo.json's N, or --interval / --schedule) and the learned predictor on the others. The
 demo prints the measured wall-time speedup (same machine, same run: medians of alternating timed runs after a first
 untimed one each) and what the attribute classifier sees in each video.
 Prompts use the DisCa-mini vocabulary: `a <colour> <shape> moving <direction>, <speed>[, and a small <colour>
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--seed", type=int, default=0, help="noise seed (both videos use the same noise)")
     parser.add_argument("--schedule", default=None,
-                        help="DisCa's anchor steps: N2/N3/N4 or a step list such as '0 1 4 8 12 16' (default: demo.json's)")
-    parser.add_argument("--interval", type=int, default=None, help="DisCa: full DiT every N-th step (= --schedule N<N>)")
+                        help="DisCa's anchor steps: N2/N3/N4 or a step list such as '0 1 4 8 12 16' (default: --interval)")
+    parser.add_argument("--interval", type=int, default=None, help="DisCa: full DiT every N-th step (default: demo.json's, the trained N=4)")
     parser.add_argument("--out", default="disca_demo.gif", help="side-by-side GIF to write")
     parser.add_argument("--weights", default=WEIGHTS, help="folder with dit/predictor/classifier safetensors + demo.json")
     args = parser.parse_args(argv)
@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
     with open(os.path.join(args.weights, "demo.json")) as f:
         settings = json.load(f)
     steps, shift, guidance = settings["steps"], settings["shift"], settings["guidance"]
-    if args.schedule and args.interval is not None:
+    if args.schedule is not None and args.interval is not None:
         parser.error("give --schedule or --interval, not both")
     try:
-        schedule = (AnchorSchedule(interval=args.interval, name=f"N={args.interval}") if args.interval is not None else
-                    AnchorSchedule.parse(args.schedule or settings.get("schedule") or f"N{settings['interval']}"))
+        schedule = (AnchorSchedule.parse(args.schedule) if args.schedule is not None else
+                    AnchorSchedule(interval=settings["interval"] if args.interval is None else args.interval))
         anchors = schedule.anchor_steps(steps)
     except ScheduleError as error:
         parser.error(f"--schedule / --interval: {error}")

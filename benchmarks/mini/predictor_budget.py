@@ -21,22 +21,22 @@ import torch
 
 from benchmarks.mini import report
 from benchmarks.mini.run import (FRONTIER_ANCHORS, FRONTIER_STEPS, PRESETS, Paths, _read_json, cached_sampler,
-                                 evaluate, plain_sampler, run_training_stage, stage_configs, teacher_sampler)
+                                 evaluate, plain_sampler, run_training_stage, stage_configs, teacher_row, teacher_sampler)
 
 logger = logging.getLogger(__name__)
 
 FOLDER = "predictor_budget"
 STEPS_FACTOR = 6  # x the preset's predictor_mse_steps; held-out evaluations every preset budget
-# variant -> (the run.py stage it extends, learning rate x the preset's, what its DisCa rows serve)
+# variant -> (the run.py stage it extends, learning rate x the preset's)
 VARIANTS = {
-    "x6": ("predictor_mse", 1, "N"),
-    "x6_lr4x": ("predictor_mse", 4, "N"),
-    "frontier_x6": ("predictor_frontier", 1, "frontier"),
+    "x6": ("predictor_mse", 1),
+    "x6_lr4x": ("predictor_mse", 4),
+    "frontier_x6": ("predictor_frontier", 1),
 }
 
 
 def variant_config(name: str, preset, paths: Paths) -> dict:
-    stage, lr_factor, _ = VARIANTS[name]
+    stage, lr_factor = VARIANTS[name]
     base, steps = stage_configs(preset, paths)[stage], preset.predictor_mse_steps * STEPS_FACTOR
     return dict(base, output_dir=os.path.join(paths.out, FOLDER, name), max_steps=steps, mse_steps=steps,
                 eval_every=preset.predictor_mse_steps, learning_rate=base["learning_rate"] * lr_factor)
@@ -49,8 +49,7 @@ def predictor_file(name: str, paths: Paths) -> str:
 def rows(preset, paths: Paths) -> list[dict]:
     rmf = paths["meanflow_R0.2"]
     frontier = len(FRONTIER_ANCHORS)
-    found = [dict(name=f"teacher {preset.teacher_steps}x2 (CFG {preset.cfg_scale})", model=paths["teacher"],
-                  sampler=teacher_sampler(preset), group="teacher"),
+    found = [dict(name=teacher_row(preset), model=paths["teacher"], sampler=teacher_sampler(preset), group="teacher"),
              dict(name=f"R-MeanFlow (R=0.2) {preset.steps} steps", model=rmf, sampler=plain_sampler(preset, preset.steps),
                   group="rmeanflow"),
              dict(name=f"R-MeanFlow (R=0.2) {FRONTIER_STEPS} steps", model=rmf,
@@ -59,9 +58,9 @@ def rows(preset, paths: Paths) -> list[dict]:
                   sampler=plain_sampler(preset, frontier), group="equal_calls"),
              dict(name=f"output reuse, {frontier} of {FRONTIER_STEPS} full steps", model=rmf, group="training_free",
                   sampler=cached_sampler(preset, None, "reuse_output", steps=FRONTIER_STEPS, anchors=FRONTIER_ANCHORS))]
-    for name, (_, _, serves) in VARIANTS.items():
+    for name, (stage, _) in VARIANTS.items():
         file = predictor_file(name, paths)
-        if serves == "frontier":
+        if stage == "predictor_frontier":
             found.append(dict(name=f"DisCa {frontier} of {FRONTIER_STEPS} full steps (MSE, {name})", model=rmf,
                               file=file, sampler=cached_sampler(preset, None, "predictor", file, FRONTIER_STEPS,
                                                                 FRONTIER_ANCHORS)))
@@ -83,7 +82,7 @@ def write_report(preset, paths: Paths) -> str:
     for name in VARIANTS:
         saved = _read_json(os.path.join(paths.out, FOLDER, name, "report.json")).get("held_out_evaluations", [])
         curve = ", ".join(f"{e['step']}: {e['predictor_mse']:.5f}" for e in saved)
-        stage, lr_factor, _ = VARIANTS[name]
+        stage, lr_factor = VARIANTS[name]
         lines.append(f"- {name} ({stage} x {STEPS_FACTOR} steps, learning rate x {lr_factor}): {curve}")
     for seed, found in results.get("seeds", {}).items():
         lines += ["", f"Noise seed {seed}:", "", *report._table(found, results["held_out"])]
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             run_training_stage(f"{FOLDER}/{name}", variant_config(name, preset, paths))
     if args.evaluate:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        evaluate(preset, paths, device, rows(preset, paths), os.path.join(paths.out, FOLDER, "results.json"), strip_path="")
+        evaluate(preset, paths, device, rows(preset, paths), os.path.join(paths.out, FOLDER, "results.json"))
         logger.info("wrote %s", write_report(preset, paths))
 
 

@@ -371,12 +371,10 @@ def cached_sampler(preset: Preset, interval: int | None, mode: str, predictor_fi
 def method_rows(preset: Preset, paths: Paths) -> list[dict]:
     """Every evaluated configuration: (row name, model file, sampler). Samplers take (host, noise, cond)."""
     rmf, mf = paths["meanflow_R0.2"], paths["meanflow_R1.0"]
-    g = preset.cfg_scale
     plain = functools.partial(plain_sampler, preset)
     cached = functools.partial(cached_sampler, preset)
 
-    rows = [dict(name=f"teacher {preset.teacher_steps}x2 (CFG {g})", model=paths["teacher"], sampler=teacher_sampler(preset),
-                 group="teacher"),
+    rows = [dict(name=teacher_row(preset), model=paths["teacher"], sampler=teacher_sampler(preset), group="teacher"),
             dict(name="MeanFlow (R=1.0) 10 steps", model=mf, sampler=plain(10), group="meanflow"),
             dict(name=f"MeanFlow (R=1.0) {preset.steps} steps", model=mf, sampler=plain(preset.steps), group="meanflow")]
     for steps in (10, preset.steps):
@@ -401,6 +399,10 @@ def method_rows(preset: Preset, paths: Paths) -> list[dict]:
     return rows
 
 
+def teacher_row(preset: Preset) -> str:
+    return f"teacher {preset.teacher_steps}x2 (CFG {preset.cfg_scale})"
+
+
 def frontier_row() -> str:
     return f"DisCa {len(FRONTIER_ANCHORS)} of {FRONTIER_STEPS} full steps (MSE)"
 
@@ -415,14 +417,13 @@ def load_predictor(path: str) -> DiffusersPredictor:
 def evaluate(preset: Preset, paths: Paths, device: torch.device, rows: list[dict] | None = None,
              results_file: str | None = None, strip_path: str | None = None) -> bool:
     """Every row (default: `method_rows`) whose weights exist, on the same held-out prompts, once per noise seed
-    (`Preset.eval_seeds`), into `results_file` (default: the run's results.json) and the first prompt's videos into
-    `strip_path` (default: the run's strip; "" = none); rows already in the results are kept, so a run split over
-    leases adds rows as their models appear. Returns whether every row is done."""
+    (`Preset.eval_seeds`), into `results_file` (default: the run's results.json) and, given `strip_path`, the first
+    prompt's videos there; rows already in the results are kept, so a run split over leases adds rows as their
+    models appear. Returns whether every row is done."""
     from safetensors.torch import load_file, save_file
 
     rows = rows if rows is not None else method_rows(preset, paths)
     results_file = results_file or paths["evaluate"]
-    strip_path = os.path.join(paths.out, "strip.safetensors") if strip_path is None else strip_path
     classifier = load_classifier(paths["classifier"])
     seeds = _read_json(results_file).get("seeds", {})
     strip = load_file(strip_path) if strip_path and os.path.isfile(strip_path) else {}
@@ -541,7 +542,7 @@ def run(preset_name: str, out: str, stages: tuple[str, ...] = STAGES, device: st
         elif stage in configs:
             run_training_stage(stage, configs[stage])
         elif stage == "evaluate":
-            if evaluate(preset, paths, device):
+            if evaluate(preset, paths, device, strip_path=os.path.join(paths.out, "strip.safetensors")):
                 results = _read_json(paths["evaluate"])
                 _write_json(paths["evaluate"], {**results, "complete": True})
         elif stage == "embed":

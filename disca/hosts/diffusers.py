@@ -137,9 +137,9 @@ class HunyuanVideoHost(nn.Module):
         exactly for every r (the average velocity starts as one Euler step, the best guess without training).
 
         The r-embedder starts as a silent copy of the t-embedder (`_silent_timestep_embedder`). 1.5 sums the two
-        embeddings; 1.0 averages them, (time_in(t) + time_r_in(r)) / 2, so its time_in's last linear is doubled. (A plain copy of
-        time_in matches the flow model only at r = t: on the v3 DisCa-mini its average velocity over a 10-step
-        schedule's last interval was off by 99 % at init, against 15 % for one Euler step; README "v3", lease 2.)
+        embeddings; 1.0 averages them, (time_in(t) + time_r_in(r)) / 2, so its time_in's last linear is doubled. A
+        plain copy of time_in would match the flow model only at r = t, and start the average velocity far from any
+        step of it (measured: training/README.md, "The r-embedder's init").
         """
         if self.is_meanflow:
             raise ValueError("the model already has an r-embedder (time_r_in)")
