@@ -13,7 +13,7 @@ from disca.schedules import flow_sigmas
 from training.config import build_config
 from training.data import load_embeddings
 from training.predictor import (FUSION_SLOPE, anchor_pairs, build_pool, build_predictor, evaluate,
-                                init_fusion_as_cache_passthrough, passthrough_slope, train)
+                                init_fusion_as_cache_passthrough, passthrough_slope, train, training_draws)
 from training.tiny import TINY_LATENT, write_tiny_run_files
 
 MSE_STEPS, MAX_STEPS = 150, 200
@@ -98,6 +98,19 @@ def test_a_stage_continuing_from_an_exported_predictor_keeps_its_fusion_rates(hv
     bare = str(tmp_path / "official.safetensors")
     save_file(load_file(report["predictor_file"]), bare)
     assert passthrough_slope(dataclasses.replace(config, init_predictor=bare)) is None
+
+
+def test_first_window_repeats_weight_each_schedules_first_window_and_only_the_draws(tmp_path):
+    paths = write_tiny_run_files(str(tmp_path), ARCH_HV10)
+    config = predictor_config(tmp_path, paths, schedules=["0 1 4 6", "N4"], first_window_repeats=3)
+    pairs = anchor_pairs(config)
+    assert pairs == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (4, 5), (4, 6), (4, 7), (6, 7)]
+    draws = training_draws(config, pairs)
+    first = {(0, 1), (0, 2), (0, 3), (1, 2), (1, 3)}  # N4's window after anchor 0, "0 1 4 6"'s after anchor 1
+    assert {pair: draws.count(pair) for pair in pairs} == {pair: 3 if pair in first else 1 for pair in pairs}
+    assert training_draws(predictor_config(tmp_path, paths, schedules=["0 1 4 6", "N4"]), pairs) == pairs
+    with pytest.raises(Exception, match="first_window_repeats"):
+        predictor_config(tmp_path, paths, first_window_repeats=0)
 
 
 @pytest.mark.parametrize("arch", [ARCH_HV10, ARCH_HV15])

@@ -98,6 +98,9 @@ class PredictorConfig(CommonConfig):
     # cache reuse's 0.005 to 12 (issue 14). Linear warm-up over 2 / (1 - beta2) steps (Ma & Yarats 2021).
     warmup_steps: int = 200
     eval_every: int = 100  # held-out evaluation period in steps; the best evaluation's weights (the start counts) are exported
+    # each schedule's first window (the steps predicted from its first anchor that has any) is drawn this many times as
+    # often as the other pairs: on DisCa-mini the error of the first window decides the layout, later ones barely matter
+    first_window_repeats: int = 1
     on_policy_fraction: float = 0.0  # share of each batch drawn from DisCa roll-outs of the current predictor (0 = teacher forcing only)
     on_policy_refresh: int = 100  # roll the current predictor out again every N steps (checkpoint_every must be a multiple)
     on_policy_rollouts: int = 8  # training trajectories rolled out per refresh, on each schedule (each costs ~one trajectory of DiT calls)
@@ -131,6 +134,7 @@ class PredictorConfig(CommonConfig):
         _require(not self.init_predictor or os.path.isfile(self.init_predictor), "init_predictor",
                  f"{self.init_predictor} is not a file")
         _require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+        _require(self.first_window_repeats >= 1, "first_window_repeats", f"must be >= 1, got {self.first_window_repeats}")
         _require(0 <= self.on_policy_fraction <= 1, "on_policy_fraction", f"must be in [0, 1], got {self.on_policy_fraction}")
         _require(self.on_policy_refresh >= 1 and self.on_policy_rollouts >= 1, "on_policy_refresh",
                  f"on_policy_refresh and on_policy_rollouts must be >= 1, got {self.on_policy_refresh}, {self.on_policy_rollouts}")

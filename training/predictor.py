@@ -88,6 +88,16 @@ def anchor_pairs(config: PredictorConfig) -> list[tuple[int, int]]:
     return sorted({pair for schedule in config.anchor_schedules() for pair in schedule_pairs(schedule, config.steps)})
 
 
+def training_draws(config: PredictorConfig, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`pairs` with each schedule's first-window pairs listed `first_window_repeats` times: a uniform draw from this
+    list is the weighted draw (the held-out evaluation keeps every pair once)."""
+    first = set()
+    for schedule in config.anchor_schedules():
+        found = schedule_pairs(schedule, config.steps)
+        first |= {pair for pair in found if pair[0] == found[0][0]}
+    return [pair for pair in pairs for _ in range(config.first_window_repeats if pair in first else 1)]
+
+
 def build_pool(host, cond, prompts: list[int], config: PredictorConfig, seed_offset: int, device) -> list[Trajectory]:
     """Trajectories for `prompts` x trajectories_per_prompt, noise seeded by (seed, prompt, k): identical on every rank."""
     sigmas = flow_sigmas(config.steps, config.shift)
@@ -490,8 +500,9 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
 
     sigmas = flow_sigmas(config.steps, config.shift)
     pairs = anchor_pairs(config)
-    logger.info("predictor stage: %d trajectories x %d steps, %d (anchor, step) pairs, taps %s",
-                len(pool), config.steps, len(pairs), list(taps))
+    draws = training_draws(config, pairs)
+    logger.info("predictor stage: %d trajectories x %d steps, %d (anchor, step) pairs (%d draws), taps %s",
+                len(pool), config.steps, len(pairs), len(draws), list(taps))
     unwrapped = accelerator.unwrap_model(predictor)
     selection = HeldOutSelection()
     rollout_pool = held_out_pool[:config.rollout_eval_prompts]
@@ -527,7 +538,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
                 on_policy = on_policy_pool(host, unwrapped, pool, config, cond, sigmas, loop.step_generator(
                     config.seed, step, accelerator.process_index, stream=1), device)
         generator = loop.step_generator(config.seed, step, accelerator.process_index)
-        batch = draw_training_batch(pool, pairs, on_policy, config.on_policy_fraction, cond, sigmas, generator,
+        batch = draw_training_batch(pool, draws, on_policy, config.on_policy_fraction, cond, sigmas, generator,
                                     config.batch_size, device, dtype)
         g = guidance_for(host, config.guidance, config.batch_size, device)
         losses = step_losses(host, predictor, discriminator, taps, batch, g, gan=gan, disc_input=config.disc_input,

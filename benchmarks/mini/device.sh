@@ -11,6 +11,7 @@
 #                 device.sh rest;  device.sh wait ...;  device.sh collect
 #   v3, lease 3:  as lease 2, with runs/v3/lease2/cfg_distill.safetensors carried in a second call (README "v3")
 #   v3, lease 4:  (carry as lease 2)  device.sh budget;  device.sh wait ...;  device.sh collect-budget
+#   v3, lease 5:  (carry as lease 2)  device.sh served;  device.sh wait ...;  device.sh collect-served
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
 # leases compute what one uninterrupted `python -m benchmarks.mini.run --out runs/mini` computes.
@@ -20,6 +21,7 @@ PRESET=${MINI_PRESET:-v3}  # the v2 leases ran with MINI_PRESET=v2 (then called 
 TEACHER_SECONDS=${TEACHER_SECONDS:-1140}  # the teacher's share of lease 1
 PROBE=${MINI_PROBE:-/tmp/mini-probe}  # the throughput probe's run folder (scratch)
 CARRIED=${MINI_CARRIED:-runs/v3}  # v3, lease 2: the teacher and classifier lease 1 returned
+SERVED_VARIANTS=${SERVED_VARIANTS:-n4_plus1_first4 dense6 dense6_first4 dense5 dense5_first4}  # served_schedule.py's variants a lease trains
 export RUN PRESET
 mkdir -p "$RUN"
 
@@ -62,14 +64,18 @@ rest() {  # lane 0: R-MeanFlow and the predictors that continue from predictor_m
   wait
 }
 
-budget_lanes() {  # predictor_budget.py: three trainings side by side (two share GPU 0), then their evaluation
+lanes() {  # $1 (predictor_budget or served_schedule): its variants $2... trained side by side, lane i on GPU i mod the
+  # GPU count (a 1-block predictor's step leaves an H200 mostly idle), then their evaluation
   mini --stages data || return 1
-  local budget="python3 -m benchmarks.mini.predictor_budget --out $RUN --preset $PRESET"
-  CUDA_VISIBLE_DEVICES=$(( $(nvidia-smi -L | wc -l) > 1 )) $budget --train x6_lr4x > "$RUN/lane1.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=0 $budget --train frontier_x6 > "$RUN/lane2.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=0 $budget --train x6 > "$RUN/lane0.log" 2>&1
+  local experiment="python3 -m benchmarks.mini.$1 --out $RUN --preset $PRESET" gpus lane=0
+  gpus=$(nvidia-smi -L | wc -l)
+  shift
+  for variant in "$@"; do
+    CUDA_VISIBLE_DEVICES=$(( lane % gpus )) $experiment --train "$variant" > "$RUN/lane$lane.log" 2>&1 &
+    lane=$(( lane + 1 ))
+  done
   wait
-  CUDA_VISIBLE_DEVICES=0 $budget --evaluate
+  CUDA_VISIBLE_DEVICES=0 $experiment --evaluate
 }
 
 launch2() {  # the training stages on every GPU of the machine (DDP; run.py splits the preset's global batch)
@@ -121,18 +127,20 @@ case "${1:-}" in
       cp "$records/cfg_distill_report.json" "$RUN/cfg_distill/report.json"
       cp "$records/cfg_distill_stage_seconds.json" "$RUN/cfg_distill/stage_seconds.json"
     fi ;;
-  budget)  # v3, after lease 3 (predictor_budget.py): the teacher and classifier carried as for lease 2; the R-MeanFlow
-    # student is the demo's DiT (lease 3's, checked by its sha256)
+  budget|served)  # v3, after lease 3 (predictor_budget.py, served_schedule.py): the teacher and classifier carried as
+    # for lease 2; the R-MeanFlow student is the demo's DiT (lease 3's, checked by its sha256)
     bash "$0" restore
     (cd benchmarks/mini/weights && sed -n 's#runs/mini/meanflow_R0.2/meanflow_dit#dit#p' ../logs/v3_lease3/SHA256SUMS | sha256sum -c)
     mkdir -p "$RUN/meanflow_R0.2" && cp benchmarks/mini/weights/dit.safetensors "$RUN/meanflow_R0.2/meanflow_dit.safetensors"
-    setsid nohup bash -c "$(declare -f mini budget_lanes); budget_lanes" > "$RUN/lease.log" 2>&1 < /dev/null &
+    if [ "$1" = budget ]; then set -- predictor_budget x6 x6_lr4x frontier_x6; else set -- served_schedule $SERVED_VARIANTS; fi
+    setsid nohup bash -c "$(declare -f mini lanes); lanes $*" > "$RUN/lease.log" 2>&1 < /dev/null &
     echo $! > "$RUN/lease.pid"
-    echo "started the predictor budget (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log, lanes $RUN/lane*.log" ;;
-  collect-budget)  # its results, reports and predictors
-    for file in "$RUN"/predictor_budget/*/predictor.safetensors; do cp "$file" "$OUT/$(basename "$(dirname "$file")").safetensors"; done
-    tar czf "$OUT/budget.tgz" -C "$RUN" $(cd "$RUN" && ls predictor_budget/results.json predictor_budget/RESULTS.md \
-      predictor_budget/*/report.json predictor_budget/*/stage_seconds.json *.log 2>/dev/null) ;;
+    echo "started $1 (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log, lanes $RUN/lane*.log" ;;
+  collect-budget|collect-served)  # their results, reports and predictors
+    folder=$([ "$1" = collect-budget ] && echo predictor_budget || echo served_schedule)
+    for file in "$RUN/$folder"/*/predictor.safetensors; do cp "$file" "$OUT/$(basename "$(dirname "$file")").safetensors"; done
+    tar czf "$OUT/$folder.tgz" -C "$RUN" $(cd "$RUN" && ls $folder/results.json $folder/RESULTS.md \
+      $folder/*/report.json $folder/*/stage_seconds.json *.log 2>/dev/null) ;;
   preflight) preflight ;;
   rest)  # every stage after the teacher, then the MeanFlow diagnosis of both students; two lanes on two GPUs
     setsid nohup bash -c "$(declare -f mini diagnose preflight rest); rest" > "$RUN/lease.log" 2>&1 < /dev/null &
@@ -159,6 +167,6 @@ case "${1:-}" in
       [ -f "$RUN/$file" ] && cp "$RUN/$file" "$OUT/"; done
     tar czf "$OUT/reports.tgz" -C "$RUN" $(cd "$RUN" && ls preset.json embedded/demo.json calibrate/calibration.json \
       */report.json */stage_seconds.json *.log diagnosis_*.json RESULTS.md 2>/dev/null) ;;
-  *) echo "usage: $0 prepare | teacher-ddp | teacher | restore | preflight | rest | budget | wait [seconds] | evaluate | collect-teacher | collect | collect-budget" >&2
+  *) echo "usage: $0 prepare | teacher-ddp | teacher | restore | preflight | rest | budget | served | wait [seconds] | evaluate | collect-teacher | collect | collect-budget | collect-served" >&2
      exit 2 ;;
 esac
