@@ -11,7 +11,7 @@
 #                 device.sh rest;  device.sh wait ...;  device.sh collect
 #   v3, lease 3:  as lease 2, with runs/v3/lease2/cfg_distill.safetensors carried in a second call (README "v3")
 #   v3, lease 4:  (carry as lease 2)  device.sh budget;  device.sh wait ...;  device.sh collect-budget
-#   v3, lease 5:  (carry as lease 2)  device.sh served;  device.sh wait ...;  device.sh collect-served
+#   v3, leases 5, 6:  (carry as lease 2)  device.sh served;  device.sh wait ...;  device.sh collect-served
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
 # leases compute what one uninterrupted `python -m benchmarks.mini.run --out runs/mini` computes.
@@ -21,7 +21,9 @@ PRESET=${MINI_PRESET:-v3}  # the v2 leases ran with MINI_PRESET=v2 (then called 
 TEACHER_SECONDS=${TEACHER_SECONDS:-1140}  # the teacher's share of lease 1
 PROBE=${MINI_PROBE:-/tmp/mini-probe}  # the throughput probe's run folder (scratch)
 CARRIED=${MINI_CARRIED:-runs/v3}  # v3, lease 2: the teacher and classifier lease 1 returned
-SERVED_VARIANTS=${SERVED_VARIANTS:-n4_plus1_first4 dense6 dense6_first4 dense5 dense5_first4}  # served_schedule.py's variants a lease trains
+# served_schedule.py's variants a lease trains (lease 5 trained all but dense6_depth2, whose lease also evaluated the
+# denser lists)
+SERVED_VARIANTS=${SERVED_VARIANTS:-dense6_depth2}
 export RUN PRESET
 mkdir -p "$RUN"
 
@@ -133,6 +135,13 @@ case "${1:-}" in
     (cd benchmarks/mini/weights && sed -n 's#runs/mini/meanflow_R0.2/meanflow_dit#dit#p' ../logs/v3_lease3/SHA256SUMS | sha256sum -c)
     mkdir -p "$RUN/meanflow_R0.2" && cp benchmarks/mini/weights/dit.safetensors "$RUN/meanflow_R0.2/meanflow_dit.safetensors"
     if [ "$1" = budget ]; then set -- predictor_budget x6 x6_lr4x frontier_x6; else set -- served_schedule $SERVED_VARIANTS; fi
+    records=benchmarks/mini/logs/v3_served
+    if [ "$1" = served_schedule ]; then  # lease 5's rows and curves: evaluate() adds only the new rows
+      mkdir -p "$RUN/$1" && cp "$records/results.json" "$RUN/$1/"
+      for report in "$records"/*_report.json; do
+        variant=$(basename "$report" _report.json); mkdir -p "$RUN/$1/$variant" && cp "$report" "$RUN/$1/$variant/report.json"
+      done
+    fi
     setsid nohup bash -c "$(declare -f mini lanes); lanes $*" > "$RUN/lease.log" 2>&1 < /dev/null &
     echo $! > "$RUN/lease.pid"
     echo "started $1 (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log, lanes $RUN/lane*.log" ;;
