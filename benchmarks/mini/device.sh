@@ -11,7 +11,7 @@
 #                 device.sh rest;  device.sh wait ...;  device.sh collect
 #   v3, lease 3:  as lease 2, with runs/v3/lease2/cfg_distill.safetensors carried in a second call (README "v3")
 #   v3, lease 4:  (carry as lease 2)  device.sh budget;  device.sh wait ...;  device.sh collect-budget
-#   v3, leases 5, 6:  (carry as lease 2)  device.sh served;  device.sh wait ...;  device.sh collect-served
+#   v3, leases 5-7:  (carry as lease 2)  device.sh served;  device.sh wait ...;  device.sh collect-served
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
 # leases compute what one uninterrupted `python -m benchmarks.mini.run --out runs/mini` computes.
@@ -21,9 +21,9 @@ PRESET=${MINI_PRESET:-v3}  # the v2 leases ran with MINI_PRESET=v2 (then called 
 TEACHER_SECONDS=${TEACHER_SECONDS:-1140}  # the teacher's share of lease 1
 PROBE=${MINI_PROBE:-/tmp/mini-probe}  # the throughput probe's run folder (scratch)
 CARRIED=${MINI_CARRIED:-runs/v3}  # v3, lease 2: the teacher and classifier lease 1 returned
-# served_schedule.py's variants a lease trains (lease 5 trained all but dense6_depth2, whose lease also evaluated the
-# denser lists)
-SERVED_VARIANTS=${SERVED_VARIANTS:-dense6_depth2}
+# served_schedule.py's variants new to a lease (lease 5: the n4_plus1, dense6 and dense5 ones; lease 6: dense6_depth2,
+# and the 7- and 8-call lists; lease 7: early6, early5 and the other lists with steps 0-2 full)
+SERVED_VARIANTS=${SERVED_VARIANTS:-early6 early5}
 export RUN PRESET
 mkdir -p "$RUN"
 
