@@ -1,6 +1,7 @@
 """DisCa-mini end to end on the smoke preset (CPU, ~1 min): every stage of `benchmarks.mini.run`, the report and the
 demo on the embedded files it writes; and the shipped demo weights, when present, within the 25 MB budget."""
 
+import dataclasses
 import json
 import os
 
@@ -68,6 +69,37 @@ def test_predictor_budget_trains_a_variant_from_the_run_and_evaluates_it_beside_
     assert rows[f"output reuse, {len(run.FRONTIER_ANCHORS)} of {run.FRONTIER_STEPS} full steps"]["dit_calls"] == len(run.FRONTIER_ANCHORS)
     assert not any("x6_lr4x" in name for name in rows)  # untrained variants are left out, not failed
     assert "DisCa N=4 (MSE, x6)" in open(os.path.join(smoke_run, budget.FOLDER, "RESULTS.md")).read()
+
+
+def test_served_schedule_continues_a_predictor_on_one_list_and_adds_only_new_rows(smoke_run, monkeypatch):
+    from benchmarks.mini import served_schedule as served
+    # the lists are 20-step lists: the smoke run's models on a 20-step schedule; the smoke predictor as the start
+    preset = dataclasses.replace(run.PRESETS["smoke"], steps=20)
+    monkeypatch.setitem(run.PRESETS, "smoke20", preset)
+    start = run.Paths(smoke_run)["predictor_mse"]
+    args = ["--out", smoke_run, "--preset", "smoke20", "--start", start, "--device", "cpu"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        served.main(args + ["--train", "early5"])
+        with pytest.raises(SystemExit):
+            served.main(args + ["--train", "early4"])
+        served.main(args + ["--evaluate"])
+        results_file = os.path.join(smoke_run, served.FOLDER, "results.json")
+        first = json.load(open(results_file))["seeds"]["0"]
+        served.main(args + ["--evaluate"])  # nothing new: every row but the teacher's (the PSNR reference) is kept
+        again = json.load(open(results_file))["seeds"]["0"]
+    finally:
+        torch.set_num_threads(threads)
+    config = json.load(open(os.path.join(smoke_run, served.FOLDER, "early5", "report.json")))
+    assert config["steps"] == 2 * preset.predictor_mse_steps
+    trained = f"DisCa anchors {' '.join(map(str, served.EARLY5))} (early5)"
+    assert first[trained]["dit_calls"] == len(served.EARLY5)
+    assert first["DisCa anchors 0 1 2 4 7 11 15 (shipped x6)"]["dit_calls"] == 7
+    assert not any("dense6" in name for name in first)  # untrained variants are left out, not failed
+    assert {name: row for name, row in again.items() if row["group"] != "teacher"} == \
+        {name: row for name, row in first.items() if row["group"] != "teacher"}
+    assert trained in open(os.path.join(smoke_run, served.FOLDER, "RESULTS.md")).read()
 
 
 def test_a_finished_stage_is_skipped_not_redone(smoke_run):
