@@ -99,7 +99,8 @@ class PredictorConfig(CommonConfig):
     warmup_steps: int = 200
     eval_every: int = 100  # held-out evaluation period in steps; the best evaluation's weights (the start counts) are exported
     # each schedule's first window (the steps predicted from its first anchor that has any) is drawn this many times as
-    # often as the other pairs: on DisCa-mini the error of the first window decides the layout, later ones barely matter
+    # often as the other pairs, where errors weigh most on the video; on DisCa-mini 4 changed nothing measurable
+    # (benchmarks/mini/README.md, "How many DiT calls")
     first_window_repeats: int = 1
     on_policy_fraction: float = 0.0  # share of each batch drawn from DisCa roll-outs of the current predictor (0 = teacher forcing only)
     on_policy_refresh: int = 100  # roll the current predictor out again every N steps (checkpoint_every must be a multiple)
