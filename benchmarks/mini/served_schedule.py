@@ -1,9 +1,11 @@
-"""A predictor trained on the schedule it serves. DisCa N = 4's error is made in its first window (CPU analysis,
-logs/v3_lease3/cpu_analysis): a full step 1 closes most of the demo's gap to no-cache, but the shipped predictor
-(`predictor_budget.py`'s x6, trained on the N = 2, 3, 4 pairs) never saw a cache taken at step 1. Each variant
-continues that predictor on one anchor list's pairs only (optionally drawing the list's first window more often) and
-is evaluated on that list as RESULTS.md's rows are (same held-out prompts, noises, classifier, teacher), beside the
-shipped predictor on the same lists, N = 4 and the no-cache model.
+"""Which anchor lists, and which predictor, bring DisCa to the no-cache model's accuracy, and at how many DiT calls?
+DisCa N = 4's error is made in its first window (CPU analysis, logs/v3_lease3/cpu_analysis), and the shipped predictor
+(`predictor_budget.py`'s x6, trained on the N = 2, 3, 4 pairs) never saw a cache taken at step 1. The 1-block variants
+continue that predictor on one anchor list's pairs only (optionally drawing the list's first window more often); the
+2-block one starts from the DiT's last blocks. Each is evaluated on its list as RESULTS.md's rows are (same held-out
+prompts, noises, classifier, teacher), beside the shipped predictor on every list (`SHIPPED_ONLY` too), N = 4, the
+no-cache model and the no-cache model with as many steps as each list has DiT calls. Findings: the mini README,
+"How many DiT calls does DisCa need".
 
     python -m benchmarks.mini.served_schedule --out runs/mini --train dense6          # one variant (device.sh: one per lane)
     python -m benchmarks.mini.served_schedule --out runs/mini --evaluate          # -> <out>/served_schedule/RESULTS.md
