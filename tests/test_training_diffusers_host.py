@@ -8,7 +8,7 @@ import torch
 
 from disca.formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, infer_dit_spec, load_predictor_file,
                            normalize_tencent_layout, read_predictor_state_dict, save_safetensors)
-from disca.hosts.diffusers import DiffusersPredictor, load_host, predictor_from_dit
+from disca.hosts.diffusers import DiffusersPredictor, load_host, predictor_from_dit, rope_axes
 from disca.hosts.diffusers_keys import diffusers_to_tencent_dit, tencent_to_diffusers_dit
 from tiny_models import official_predictor_state_dict, tencent_dit_state_dict
 from training.tiny import TINY_CONFIGS, TINY_LATENT, tiny_conditioning, tiny_host
@@ -70,6 +70,24 @@ def test_tencent_layout_written_independently_loads_strictly(tmp_path):
     exported = host.tencent_state_dict()
     assert exported.keys() == state.keys()
     assert all(torch.equal(exported[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_tencent_file_with_64_wide_heads_loads_with_its_width_and_the_same_output(tmp_path, arch):
+    """Small DiTs (DisCa-mini candidates) may use heads narrower than HunyuanVideo's 128: the loader reads the width
+    from the q-norm weights and scales the rotary split (8/28/28 for 64), so the file reloads as the model it was."""
+    host = tiny_host(arch, seed=3, guidance=False, num_attention_heads=2, attention_head_dim=64, rope_axes_dim=rope_axes(64))
+    path = str(tmp_path / "dit.safetensors")
+    save_safetensors(path, host.tencent_state_dict(), {})
+    loaded = load_host(path)
+    config = loaded.transformer.config
+    assert (config.num_attention_heads, config.attention_head_dim, tuple(config.rope_axes_dim)) == (2, 64, (8, 28, 28))
+    latents, sigma, cond = _inputs(arch)
+    with torch.no_grad():
+        assert torch.equal(loaded(latents, sigma, cond), host(latents, sigma, cond))
+    assert rope_axes(128) == (16, 56, 56)
+    with pytest.raises(DisCaFormatError, match="multiple of 16"):
+        rope_axes(40)
 
 
 def test_hv15_split_qkv_layout_maps_to_the_same_weights():

@@ -19,7 +19,7 @@ import time
 import torch
 
 from benchmarks.mini.text import TEXT_DIM
-from disca.hosts.diffusers import HunyuanVideoHost, predictor_from_dit
+from disca.hosts.diffusers import HunyuanVideoHost, predictor_from_dit, rope_axes
 
 # A token carries 2x2 patches of 48 channels = 192 values, and the velocity target's noise has unit variance in each:
 # a hidden width below 192 maps every output token into a fixed (width)-dimensional subspace, so the training loss
@@ -44,11 +44,6 @@ def host_of(heads: int, head_width: int, mlp_ratio: float, double: int, single: 
     host = HunyuanVideoHost(transformer)
     host.add_time_r_embedder()
     return host.requires_grad_(False)
-
-
-def rope_axes(head_width: int) -> tuple[int, int, int]:
-    """HunyuanVideo's (t, h, w) split of a head's rotary dimensions, (16, 56, 56) for 128, scaled to `head_width`."""
-    return (head_width // 8, head_width * 7 // 16, head_width * 7 // 16)
 
 
 def median_seconds(first, second, repeats: int, warm_up: bool = True) -> tuple[float, float]:

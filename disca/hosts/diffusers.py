@@ -399,16 +399,24 @@ class HunyuanVideoHost(nn.Module):
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def dit_config_from_tencent(state_dict: dict[str, torch.Tensor], attention_head_dim: int = 128) -> tuple[str, dict]:
-    """Read a diffusers config from a (normalized) Tencent-layout DiT, as ComfyUI's model detection does."""
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """The (t, h, w) split of a head's rotary dimensions: HunyuanVideo's (16, 56, 56) for 128, scaled for other
+    widths (small DiTs such as DisCa-mini's); a Tencent-layout file does not record it."""
+    if head_dim % 16:
+        raise DisCaFormatError(f"attention head width {head_dim}: the rotary split needs a multiple of 16")
+    return head_dim // 8, head_dim * 7 // 16, head_dim * 7 // 16
+
+
+def dit_config_from_tencent(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    """Read a diffusers config from a (normalized) Tencent-layout DiT, as ComfyUI's model detection does; the head
+    width from the q-norm weights (128 for HunyuanVideo)."""
     spec = infer_dit_spec(state_dict)
     img_in = state_dict["img_in.proj.weight"]
     hidden, in_channels, patch = img_in.shape[0], img_in.shape[1], tuple(img_in.shape[2:])
+    q_norm = "double_blocks.0.img_attn_q_norm.weight" if spec.double_blocks else "single_blocks.0.q_norm.weight"
+    attention_head_dim = state_dict[q_norm].shape[0]
     if hidden % attention_head_dim:
-        raise DisCaFormatError(f"hidden size {hidden} is not a multiple of attention_head_dim {attention_head_dim}")
-    head_dim_rope = (16, 56, 56) if attention_head_dim == 128 else None
-    if head_dim_rope is None:
-        raise DisCaFormatError(f"attention_head_dim {attention_head_dim}: only 128 (rotary axes 16/56/56) is supported")
+        raise DisCaFormatError(f"hidden size {hidden} is not a multiple of the head width {attention_head_dim} ({q_norm})")
     refiners = len({k.split(".")[3] for k in state_dict if k.startswith("txt_in.individual_token_refiner.blocks.")})
     common = dict(
         in_channels=in_channels,
@@ -421,7 +429,7 @@ def dit_config_from_tencent(state_dict: dict[str, torch.Tensor], attention_head_
         patch_size=patch[1],
         patch_size_t=patch[0],
         text_embed_dim=state_dict["txt_in.input_embedder.weight"].shape[1],
-        rope_axes_dim=head_dim_rope,
+        rope_axes_dim=rope_axes(attention_head_dim),
     )
     if spec.arch == ARCH_HV10:
         return spec.arch, dict(common, num_single_layers=spec.single_blocks, guidance_embeds=spec.guidance_distilled,
