@@ -135,8 +135,8 @@ case "${1:-}" in
     (cd benchmarks/mini/weights && sed -n 's#runs/mini/meanflow_R0.2/meanflow_dit#dit#p' ../logs/v3_lease3/SHA256SUMS | sha256sum -c)
     mkdir -p "$RUN/meanflow_R0.2" && cp benchmarks/mini/weights/dit.safetensors "$RUN/meanflow_R0.2/meanflow_dit.safetensors"
     if [ "$1" = budget ]; then set -- predictor_budget x6 x6_lr4x frontier_x6; else set -- served_schedule $SERVED_VARIANTS; fi
-    records=benchmarks/mini/logs/v3_served
-    if [ "$1" = served_schedule ]; then  # lease 5's rows and curves: evaluate() adds only the new rows
+    if [ "$1" = served_schedule ]; then  # the earlier leases' rows and curves: evaluate() adds only the new rows
+      records=benchmarks/mini/logs/v3_served
       mkdir -p "$RUN/$1" && cp "$records/results.json" "$RUN/$1/"
       for report in "$records"/*_report.json; do
         variant=$(basename "$report" _report.json); mkdir -p "$RUN/$1/$variant" && cp "$report" "$RUN/$1/$variant/report.json"

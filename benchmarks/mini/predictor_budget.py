@@ -57,9 +57,6 @@ def rows(preset, paths: Paths) -> list[dict]:
         else:
             found += [dict(name=f"DisCa N={n} (MSE, {name})", model=rmf, file=file,
                            sampler=cached_sampler(preset, n, "predictor", file)) for n in (2, 3, 4)]
-    for row in found:
-        row.setdefault("group", "predictor_budget")
-        row["needs"] = [row["model"], paths["teacher"]] + ([row["file"]] if "file" in row else [])
     return found
 
 

@@ -83,9 +83,6 @@ def rows(preset, paths: Paths, start: str = SHIPPED) -> list[dict]:
         file = variants.predictor_file(paths, FOLDER, name)
         found.append(dict(name=f"DisCa {anchors_label(variant.anchors)} ({name})", model=rmf, file=file,
                           sampler=cached_sampler(preset, None, "predictor", file, anchors=variant.anchors)))
-    for row in found:
-        row.setdefault("group", FOLDER)
-        row["needs"] = [row["model"], paths["teacher"]] + ([row["file"]] if "file" in row else [])
     return found
 
 

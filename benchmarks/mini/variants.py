@@ -33,7 +33,8 @@ def parser(doc: str, variants) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, folder: str, variants, variant_config: Callable, rows: Callable,
         write: Callable) -> None:
-    """Train `args.train`'s variants that have no predictor yet, then (--evaluate) every row whose files exist."""
+    """Train `args.train`'s variants that have no predictor yet, then (--evaluate) every row of `rows` (dicts with name,
+    model, sampler, optionally group and predictor file) whose files exist."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     preset, paths = PRESETS[args.preset], Paths(args.out)
     if torch.cuda.is_available():
@@ -47,7 +48,11 @@ def run(args: argparse.Namespace, folder: str, variants, variant_config: Callabl
             run_training_stage(f"{folder}/{name}", variant_config(name, preset, paths))
     if args.evaluate:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        evaluate(preset, paths, device, rows(preset, paths), os.path.join(paths.out, folder, "results.json"))
+        found = rows(preset, paths)
+        for row in found:  # a row runs once its DiT, the teacher (the PSNR reference) and its predictor file exist
+            row.setdefault("group", folder)
+            row["needs"] = [row["model"], paths["teacher"]] + ([row["file"]] if "file" in row else [])
+        evaluate(preset, paths, device, found, os.path.join(paths.out, folder, "results.json"))
         logger.info("wrote %s", write(paths))
 
 
