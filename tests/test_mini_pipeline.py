@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks.mini import demo, run
+from disca.schedules import AnchorSchedule
 
 SHIPPED = demo.WEIGHTS
 
@@ -137,6 +138,30 @@ def test_demo_takes_an_anchor_list_and_refuses_bad_schedules_before_loading_mode
         assert message in capsys.readouterr().err, args
 
 
+def test_paired_comparison_counts_prompts_and_pools_each_prompt_over_seeds():
+    from benchmarks.mini import paired
+
+    correct = {paired.NO_CACHE: {"0": [1, 0, 1, 0], "1": [1, 1, 0, 0]},
+               "DisCa anchors 0 2": {"0": [1, 1, 1, 0], "1": [0, 1, 0, 0], "2": [1, 1, 1, 1]}}
+    baseline, disca = paired.summarize(correct)
+    assert list(disca["seeds"]) == ["0", "1"]  # seed 2 has no no-cache row to pair with
+    assert disca["seeds"]["0"]["accuracy"] == 0.75 and disca["seeds"]["0"]["standard_error"] == pytest.approx(0.2165, abs=1e-4)
+    assert disca["seeds"]["0"]["difference"] == 0.25 and disca["seeds"]["0"]["difference_error"] == pytest.approx(0.25)
+    assert disca["seeds"]["1"]["difference"] == -0.25
+    # per prompt over the seeds: -0.5, 0.5, 0, 0 -> mean 0, standard error of 4 prompts (not of 8 prompt-seed pairs)
+    assert disca["pooled"]["difference"] == 0 and disca["pooled"]["difference_error"] == pytest.approx(0.2041, abs=1e-4)
+    assert baseline["pooled"] == {"difference": 0.0, "difference_error": 0.0}
+    assert "| DisCa anchors 0 2 | 2 | 0.750 ± 0.217 | 0.250 ± 0.217 | +0.250 ± 0.250 | -0.250 ± 0.250 | +0.000 ± 0.204 |" \
+        in paired.table([baseline, disca])
+
+
+def test_paired_comparison_refuses_a_bad_schedule_before_loading_models(tmp_path):
+    from benchmarks.mini import paired
+
+    with pytest.raises(SystemExit, match="--schedules: step_list \\[0, 25\\] has step 25 but the sampler runs only 20"):
+        paired.main(["--out", str(tmp_path), "--schedules", "0 25", "--weights", str(tmp_path / "absent")])
+
+
 def test_demo_refuses_an_output_that_is_not_a_gif(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--out", "results"])
@@ -158,6 +183,8 @@ def test_shipped_demo_weights_fit_the_budget_and_carry_metadata():
     _, metadata = load_safetensors(os.path.join(SHIPPED, "dit.safetensors"))
     assert any(k.startswith("disca") for k in metadata)
     load_predictor_file(os.path.join(SHIPPED, "predictor.safetensors"))
+    settings = json.load(open(os.path.join(SHIPPED, "demo.json")))
+    assert AnchorSchedule.parse(settings["schedule"]).anchor_steps(settings["steps"])  # the demo's default runs
 
 
 def test_training_stages_run_on_two_processes_resume_and_refuse_the_rest(tmp_path):

@@ -1,12 +1,15 @@
 """What a predicted step costs against a full step for candidate DisCa-mini shapes (issue 16's <= 15 % target).
 
     OMP_NUM_THREADS=2 python -m benchmarks.mini.cost_ratio            # prints a table; --out writes it as JSON
+    OMP_NUM_THREADS=2 python -m benchmarks.mini.cost_ratio --parts    # the demo model's predicted step, part by part
 
 DisCa-mini's DiT as `run.init_dit` builds it (diffusers HunyuanVideo-1.0, 48 latent channels, the demo's 9x16x16
 latent: 576 image tokens, 32 text tokens), with H heads of width W, MLP ratio M, D double + S single blocks, and a
 predictor of P single-stream blocks. A full step is `host.forward` (embedding, every block, final layer); a predicted step is
 `host.predict` (embedding, fusion + P blocks, final layer), both as the demo runs them (`disca.sampling`), timed side
 by side in one process, median of `--repeats`. CPU ratios say how the cost splits; absolute times mean nothing here.
+`--parts` splits the embedded demo model's predicted step into the embedding, the fusion MLP, the predictor's blocks
+and the final layer, each timed alternately with a full step: what no schedule can go below.
 """
 
 from __future__ import annotations
@@ -83,11 +86,53 @@ def measure(heads: int, head_width: int, mlp_ratio: float, double: int, single: 
                 predicted_over_full=round(predicted / full, 3))
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+@torch.no_grad()
+def predicted_step_parts(repeats: int) -> dict[str, float]:
+    """The embedded demo model at its latent size, the demo's prompt: milliseconds of a full step, a predicted step
+    and each part of the latter, each part timed alternately with a full step (medians of `repeats`)."""
+    from benchmarks.mini.demo import DEFAULT_PROMPT, WEIGHTS, load_models
+    from benchmarks.mini.text import encode_prompts
+
+    host, predictor, _ = load_models(WEIGHTS)
+    with open(f"{WEIGHTS}/demo.json") as f:
+        settings = json.load(f)
+    latents = torch.randn(1, host.transformer.config.in_channels, *settings["latent_shape"],
+                          generator=torch.Generator().manual_seed(1))
+    cond = encode_prompts([DEFAULT_PROMPT])
+    sigma, r, guidance = torch.tensor([0.7]), torch.tensor([0.6]), torch.tensor([settings["guidance"]])
+    _, cache = host.forward_with_cache(latents, sigma, cond, r, guidance)
+    e = host.embed(latents, sigma, cond, r, guidance)
+    tokens = predictor.fuse_tokens(torch.cat([e.img, e.txt], dim=1), cache[0])
+    img, txt = tokens[:, : e.img.shape[1]], tokens[:, e.img.shape[1]:]
+    parts = {"predicted step": lambda: host.predict(predictor, latents, sigma, cond, cache, r, guidance),
+             "embedding (latent, text, t, r, guidance)": lambda: host.embed(latents, sigma, cond, r, guidance),
+             "fusion MLP": lambda: predictor.fuse_tokens(torch.cat([e.img, e.txt], dim=1), cache[0]),
+             f"predictor blocks ({len(predictor.blocks)})": lambda: [b(img, txt, e.temb, e.attention_mask, e.rotary)
+                                                                      for b in predictor.blocks],
+             "final layer": lambda: host.finalize(e, e.img)}
+    full = lambda: host(latents, sigma, cond, r, guidance)  # noqa: E731
+    timed = {name: median_seconds(part, full, repeats) for name, part in parts.items()}
+    result = {"full step": 1000 * statistics.median(full_seconds for _, full_seconds in timed.values())}
+    result.update({name: 1000 * seconds for name, (seconds, _) in timed.items()})
+    return result
+
+
+def main(argv: list[str] | None = None) -> list[dict] | dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--out", help="write the table as JSON")
+    parser.add_argument("--parts", action="store_true", help="the demo model's predicted step, part by part")
     args = parser.parse_args(argv)
+    if args.parts:
+        parts = predicted_step_parts(args.repeats)
+        print("| part | ms | of a full step |\n|---|---|---|")
+        for name, ms in parts.items():
+            print(f"| {name} | {ms:.2f} | {ms / parts['full step']:.3f} |")
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(dict(command="python -m benchmarks.mini.cost_ratio --parts", threads=torch.get_num_threads(),
+                               repeats=args.repeats, milliseconds=parts), f, indent=1)
+        return parts
     rows = [measure(*candidate, args.repeats) for candidate in CANDIDATES]
     print("| hidden (heads) | MLP | loss floor | double + single | predictor blocks | DiT params | DiT bf16 MB | "
           "predictor bf16 MB | full ms | predicted ms | predicted / full |")

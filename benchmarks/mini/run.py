@@ -92,6 +92,7 @@ class Preset:
     teacher_steps: int = 50
     eval_batch: int = 64
     eval_seeds: tuple[int, ...] = (0, 1)  # every row is evaluated on the held-out prompts once per noise seed
+    demo_schedule: str = "N4"  # the demo's DisCa anchors (demo.json), an AnchorSchedule.parse string
 
 
 # v3 (issue 16): v2's width (256 = 2 heads of 128: wider than the 192 values a token carries, see
@@ -104,7 +105,10 @@ PRESETS = {
     # teacher: 5500 steps are what fitted one H200's lease (21 minutes); guidance 3: the best all-attribute accuracy of
     # that teacher on the validation split (guidance_sweep: 0.54 at 3 vs 0.41 at v2's 4, logs/v3_lease1/)
     "v3": Preset(dit=V3_DIT, teacher=dict(Preset().teacher, max_steps=5500, checkpoint_every=1000), cfg_scale=3.0,
-                 predictor=dict(Preset().predictor, depth=1)),
+                 predictor=dict(Preset().predictor, depth=1),
+                 # steps 0-2 full, then spread: the fewest DiT calls at which DisCa matches the no-cache model
+                 # (README, "How many DiT calls"; logs/paired: -0.009 +- 0.009 accuracy over four noise seeds)
+                 demo_schedule="0 1 2 4 7 11 15"),
     "smoke": Preset(spec=ClipSpec(frames=3, size=32), train_clips=48, held_out=6, real_reference=12,
                     dit=dict(num_attention_heads=1, num_layers=1, num_single_layers=2, mlp_ratio=1.0),  # v3's MLP
                     classifier=ClassifierTraining(clips=32, steps=3, batch_size=8), classifier_min_accuracy=0.0,
@@ -496,7 +500,8 @@ def embed(preset: Preset, paths: Paths) -> None:
     for source, name in ((paths["meanflow_R0.2"], "dit"), (paths["predictor_gan"], "predictor"),
                          (paths["classifier"], "classifier")):
         shutil.copyfile(source, os.path.join(folder, f"{name}.safetensors"))
-    _write_json(paths["embed"], {"steps": preset.steps, "shift": preset.shift, "guidance": preset.cfg_scale, "interval": 4,
+    _write_json(paths["embed"], {"steps": preset.steps, "shift": preset.shift, "guidance": preset.cfg_scale,
+                              "schedule": preset.demo_schedule,
                               "latent_shape": list(latent_shape(preset))})
 
 
