@@ -3,6 +3,7 @@ demo on the embedded files it writes; and the shipped demo weights, when present
 
 import dataclasses
 import json
+import logging
 import os
 
 import pytest
@@ -119,6 +120,8 @@ def test_demo_writes_a_side_by_side_gif_and_reports_speed_and_verdicts(smoke_run
     assert result["speedup"] > 0 and result["dit_calls"]["with"] < result["dit_calls"]["without"]
     printed = capsys.readouterr().out
     assert "speedup" in printed and "classifier, with DisCa" in printed
+    assert "runtime, last timed run: DisCa [" in printed and "of full" in printed and "MiB, predictor" in printed
+    assert not logging.getLogger("disca").handlers  # the demo's collector is gone
 
 
 def test_demo_takes_an_anchor_list_and_refuses_bad_schedules_before_loading_models(smoke_run, tmp_path, capsys):

@@ -15,7 +15,10 @@ Prompts use the DisCa-mini vocabulary: `a <colour> <shape> moving <direction>, <
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
+import logging
 import os
 import re
 
@@ -58,6 +61,23 @@ def load_models(weights: str):
     predictor = DiffusersPredictor.from_file(load_predictor_file(predictor_path), predictor_path).eval()
     classifier = load_classifier(os.path.join(weights, "classifier.safetensors"))
     return host, predictor, classifier
+
+
+@contextlib.contextmanager
+def runtime_summaries():
+    """The summary lines the DisCa runtime logs at the end of a run (`sample_cached(log_summary=True)`), collected
+    while inside."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger, level = logging.getLogger("disca"), logging.getLogger("disca").level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def to_gif(left: torch.Tensor, right: torch.Tensor, labels: tuple[str, str], path: str, scale: int = 4) -> None:
@@ -113,12 +133,16 @@ def main(argv: list[str] | None = None) -> dict:
     def plain():
         return sample_euler(distilled(host, cond, guidance), noise, sigmas)
 
-    def disca():
-        return sample_cached(host, noise, sigmas, cond, anchors, mode="predictor", predictor=predictor, guidance=guidance)
+    runs = itertools.count()
 
-    full, cached = plain(), disca()  # the videos shown, and the timing's warm-up
-    # medians of alternating runs: one pair of runs on a shared CPU can swing the ratio by tenths
-    full_seconds, cached_seconds = median_seconds(plain, disca, TIMED_RUNS, warm_up=False)
+    def disca():  # the last timed run logs the runtime's own account: cost per step, cache and predictor memory
+        return sample_cached(host, noise, sigmas, cond, anchors, mode="predictor", predictor=predictor,
+                             guidance=guidance, log_summary=next(runs) == TIMED_RUNS)
+
+    with runtime_summaries() as summaries:
+        full, cached = plain(), disca()  # the videos shown, and the timing's warm-up
+        # medians of alternating runs: one pair of runs on a shared CPU can swing the ratio by tenths
+        full_seconds, cached_seconds = median_seconds(plain, disca, TIMED_RUNS, warm_up=False)
     videos = from_latents(torch.cat([full, cached]).float()).clamp(-1, 1)
     predicted, _ = classify(classifier, videos)
     verdicts = []
@@ -135,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"without DisCa: {full_seconds:.2f} s ({steps} DiT calls) | with DisCa, anchors {sorted(anchors)}: {cached_seconds:.2f} s "
           f"({len(anchors)} DiT calls + {steps - len(anchors)} predictor steps) -> speedup {result['speedup']:.2f}x "
           f"(medians of {TIMED_RUNS} alternating runs on this machine, {torch.get_num_threads()} threads)")
+    print(f"runtime, last timed run: {summaries[-1]}")
     for name, verdict in (("without DisCa", verdicts[0]), ("with DisCa", verdicts[1])):
         right = sum(verdict["matches"].values())
         seen = ", ".join(f"{k}={v}{'' if verdict['matches'][k] else ' (asked ' + wanted[k] + ')'}" for k, v in verdict["seen"].items())
