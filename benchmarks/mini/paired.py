@@ -33,7 +33,7 @@ from disca.schedules import ScheduleError, parse_step_list, validate_anchor_step
 logger = logging.getLogger(__name__)
 
 NO_CACHE = "no cache"
-# N = 4 (the demo's default); the best 6-call list of the served-schedule leases (chosen there on noise seeds 0 and 1,
+# N = 4 (the demo's default until this comparison); the best 6-call list of the served-schedule leases (chosen there on noise seeds 0 and 1,
 # so seeds 2 and 3 are its first unbiased test); the 7- and 8-call lists that reached no-cache on seeds 0 and 1
 DEFAULT_SCHEDULES = ("0 4 8 12 16", "0 1 2 5 10 15", "0 1 2 4 7 11 15", "0 1 2 4 6 9 12 16")
 
