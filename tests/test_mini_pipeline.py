@@ -190,6 +190,18 @@ def test_shipped_demo_weights_fit_the_budget_and_carry_metadata():
     assert AnchorSchedule.parse(settings["schedule"]).anchor_steps(settings["steps"])  # the demo's default runs
 
 
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "demo.json")), reason="no shipped demo weights yet")
+def test_cost_ratio_splits_the_demo_models_predicted_step_into_its_parts(tmp_path):
+    from benchmarks.mini import cost_ratio
+
+    out = tmp_path / "parts.json"
+    parts = cost_ratio.main(["--parts", "--repeats", "1", "--out", str(out)])
+    assert list(parts) == ["full step", "predicted step", "embedding (latent, text, t, r, guidance)", "fusion MLP",
+                           "predictor blocks (1)", "final layer"]
+    assert all(ms > 0 for ms in parts.values()) and parts["predicted step"] < parts["full step"]
+    assert json.load(open(out))["milliseconds"] == parts
+
+
 def test_training_stages_run_on_two_processes_resume_and_refuse_the_rest(tmp_path):
     """v3's teacher runs under `accelerate launch` on every GPU of a lease (benchmarks/mini/device.sh teacher-ddp):
     here 2 gloo processes. The preset's batch is global (split per process); a stage whose output is missing but

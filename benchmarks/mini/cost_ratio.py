@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -94,7 +95,7 @@ def predicted_step_parts(repeats: int) -> dict[str, float]:
     from benchmarks.mini.text import encode_prompts
 
     host, predictor, _ = load_models(WEIGHTS)
-    with open(f"{WEIGHTS}/demo.json") as f:
+    with open(os.path.join(WEIGHTS, "demo.json")) as f:
         settings = json.load(f)
     latents = torch.randn(1, host.transformer.config.in_channels, *settings["latent_shape"],
                           generator=torch.Generator().manual_seed(1))

@@ -5,9 +5,9 @@
 
 Both videos start from the same noise. Left: the R-MeanFlow-distilled DiT for every step. Right: DisCa, the full DiT
 on the anchor steps (demo.json's: steps 0, 1, 2, 4, 7, 11 and 15 of 20; or --schedule / --interval) and the learned
-predictor on the others. The
-demo prints the measured wall-time speedup (same machine, same run: medians of alternating timed runs after a first
-untimed one each) and what the attribute classifier sees in each video.
+predictor on the others. The demo prints the measured wall-time speedup (same machine, same run: medians of
+alternating timed runs after a first untimed one each), the runtime's summary of a DisCa run and what the attribute
+classifier sees in each video.
 Prompts use the DisCa-mini vocabulary: `a <colour> <shape> moving <direction>, <speed>[, and a small <colour>
 <shape> moving <direction>, <speed>], over a <background> background`.
 """
@@ -70,7 +70,8 @@ def runtime_summaries():
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
-    logger, level = logging.getLogger("disca"), logging.getLogger("disca").level
+    logger = logging.getLogger("disca")
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
