@@ -83,9 +83,10 @@ class DisCaApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, mode: str, cache_device: str, predictor_device: str, predictor_dtype: str,
                 schedule: dict | None = None, predictor=None) -> io.NodeOutput:
-        # The schedule is checked here, not in validate_inputs: ComfyUI hands validate_inputs the inputs inside a
-        # DynamicCombo only through **kwargs, which would also switch off its own checks of every other input, and
-        # it drops a DynamicCombo whose value is none of its options (an old or hand-edited workflow).
+        # The schedule is checked here, not in validate_inputs: up to ComfyUI 0.33 validate_inputs gets the inputs
+        # inside a DynamicCombo only through **kwargs, which would also switch off ComfyUI's own checks of every other
+        # input (0.38 also passes them when the combo's name is a declared argument), and ComfyUI drops a DynamicCombo
+        # whose value is none of its options (an old or hand-edited workflow).
         if schedule is None:
             raise ValueError(f"DisCa Apply: 'schedule' must be one of {SCHEDULE_CHOICES}; this workflow gives "
                              "another value (saved with another version of the pack?). Pick one in the node.")
