@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.makedirs(args.out, exist_ok=True)
     results_file = os.path.join(args.out, "results.json")
-    saved = json.load(open(results_file)) if os.path.isfile(results_file) else {}
+    saved = {}
+    if os.path.isfile(results_file):
+        with open(results_file) as f:
+            saved = json.load(f)
     if saved and saved.get("prompts") != preset.held_out:
         raise SystemExit(f"{results_file} holds {saved.get('prompts')} prompts per seed, not {preset.held_out}: "
                          "use another --out")
