@@ -155,7 +155,7 @@ def test_paired_comparison_counts_prompts_and_pools_each_prompt_over_seeds():
     assert disca["pooled"]["difference"] == 0 and disca["pooled"]["difference_error"] == pytest.approx(0.2041, abs=1e-4)
     assert baseline["pooled"] == {"difference": 0.0, "difference_error": 0.0}
     assert "| DisCa anchors 0 2 | 2 | 0.750 ± 0.217 | 0.250 ± 0.217 | +0.250 ± 0.250 | -0.250 ± 0.250 | +0.000 ± 0.204 |" \
-        in paired.table([baseline, disca])
+        in paired.table([baseline, disca], {paired.NO_CACHE: 20, "DisCa anchors 0 2": 2})
 
 
 def test_paired_comparison_refuses_a_bad_schedule_before_loading_models(tmp_path):

@@ -214,12 +214,16 @@ def classify(model: AttributeClassifier, video: torch.Tensor, batch_size: int = 
     return {name: torch.cat(values) for name, values in predictions.items()}, torch.cat(features)
 
 
+def attribute_correct(predicted: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per clip, [N] bool: each attribute right, and 'all' (every attribute of the clip right)."""
+    correct = {name: predicted[name] == labels[name] for name in ATTRIBUTES}
+    correct["all"] = torch.stack(list(correct.values())).all(dim=0)
+    return correct
+
+
 def attribute_accuracy(predicted: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, float]:
     """Per-attribute accuracy plus 'all' (every attribute of a clip right) over [N] label tensors."""
-    correct = {name: predicted[name] == labels[name] for name in ATTRIBUTES}
-    result = {name: value.float().mean().item() for name, value in correct.items()}
-    result["all"] = torch.stack(list(correct.values())).all(dim=0).float().mean().item()
-    return result
+    return {name: value.float().mean().item() for name, value in attribute_correct(predicted, labels).items()}
 
 
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:

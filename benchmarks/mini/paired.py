@@ -23,9 +23,8 @@ import os
 
 import torch
 
-from benchmarks.mini.dataset import ATTRIBUTES
 from benchmarks.mini.demo import WEIGHTS
-from benchmarks.mini.metrics import classify, load_classifier
+from benchmarks.mini.metrics import attribute_correct, classify, load_classifier
 from benchmarks.mini.run import PRESETS, cached_sampler, device_name, eval_set, generate, plain_sampler
 from disca.hosts.diffusers import load_host
 from disca.schedules import PRESETS as SCHEDULE_PRESETS
@@ -40,12 +39,6 @@ NO_CACHE = "no cache"
 DEFAULT_SCHEDULES = ("0 4 8 12 16", "0 1 2 5 10 15", "0 1 2 4 7 11 15", "0 1 2 4 6 9 12 16",
                      " ".join(map(str, SCHEDULE_PRESETS["t2v_official_8of20"].anchors)),
                      " ".join(map(str, SCHEDULE_PRESETS["t2v_official_10of20"].anchors)))
-
-
-def correct_per_prompt(classifier, videos: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-    """[N] bool: every attribute the classifier sees in each video is the prompt's."""
-    predicted, _ = classify(classifier, videos)
-    return torch.stack([predicted[name] == labels[name] for name in ATTRIBUTES]).all(dim=0)
 
 
 def summarize(correct: dict[str, dict[str, list[int]]]) -> list[dict]:
@@ -73,17 +66,17 @@ def _mean_and_error(values: torch.Tensor) -> dict[str, float]:
     return dict(difference=values.mean().item(), difference_error=(values.std() / math.sqrt(len(values))).item())
 
 
-def table(rows: list[dict]) -> list[str]:
+def table(rows: list[dict], calls: dict[str, int]) -> list[str]:
+    """RESULTS.md's table: `rows` from `summarize`, `calls` the DiT calls of each row."""
     seeds = list(rows[0]["seeds"]) if rows else []
-    lines = ["| row | DiT calls of 20 | " + " | ".join(f"seed {s}: accuracy" for s in seeds)
+    lines = ["| row | DiT calls | " + " | ".join(f"seed {s}: accuracy" for s in seeds)
              + " | " + " | ".join(f"seed {s}: - no cache" for s in seeds) + " | pooled - no cache |",
              "|---|---|" + "---|" * (2 * len(seeds) + 1)]
     for row in rows:
-        calls = 20 if row["name"] == NO_CACHE else len(parse_step_list(row["name"].removeprefix("DisCa anchors ")))
         accuracy = [f"{row['seeds'][s]['accuracy']:.3f} ± {row['seeds'][s]['standard_error']:.3f}" for s in seeds]
         paired = [f"{row['seeds'][s]['difference']:+.3f} ± {row['seeds'][s]['difference_error']:.3f}" for s in seeds]
         pooled = f"{row['pooled']['difference']:+.3f} ± {row['pooled']['difference_error']:.3f}" if "pooled" in row else ""
-        lines.append(f"| {row['name']} | {calls} | " + " | ".join(accuracy + paired) + f" | {pooled} |")
+        lines.append(f"| {row['name']} | {calls[row['name']]} | " + " | ".join(accuracy + paired) + f" | {pooled} |")
     return lines
 
 
@@ -123,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{results_file} holds {saved.get('prompts')} prompts per seed, not {preset.held_out}: "
                          "use another --out")
     correct: dict[str, dict[str, list[int]]] = saved.get("correct", {})
+    generated_on = saved.get("device", device_name(device))  # the rows' machine, also when all were there already
     classifier = load_classifier(os.path.join(args.weights, "classifier.safetensors")).to(device)
     host = load_host(os.path.join(args.weights, "dit.safetensors")).to(device).requires_grad_(False).eval()
     for seed in map(str, args.seeds):
@@ -132,17 +126,19 @@ def main(argv: list[str] | None = None) -> dict:
         evalset = eval_set(preset, classifier, int(seed))
         for name in todo:
             videos, calls, _ = generate(samplers[name], evalset, preset, host, device)
-            right = correct_per_prompt(classifier, videos.to(device), {k: v.to(device) for k, v in evalset.labels.items()})
+            predicted, _ = classify(classifier, videos.to(device))
+            right = attribute_correct(predicted, {k: v.to(device) for k, v in evalset.labels.items()})["all"]
             correct.setdefault(name, {})[seed] = right.int().tolist()
             logger.info("noise seed %s  %-40s calls %4.1f  accuracy %.3f", seed, name, calls, right.float().mean().item())
             with open(results_file, "w") as f:
-                json.dump(dict(device=device_name(device), prompts=preset.held_out, correct=correct), f)
+                json.dump(dict(device=generated_on, prompts=preset.held_out, correct=correct), f)
     correct = {name: correct[name] for name in samplers if name in correct}
     rows = summarize(correct)
     lines = ["# DisCa vs the no-cache model, prompt by prompt", "",
-             f"`python -m benchmarks.mini.paired --seeds {' '.join(map(str, args.seeds))}` on {device_name(device)}: the "
+             f"`python -m benchmarks.mini.paired --seeds {' '.join(map(str, args.seeds))}` on {generated_on}: the "
              f"demo model, {preset.held_out} held-out prompts, one noise per prompt and seed. Accuracy ± its binomial "
-             "standard error; paired difference to no cache ± its standard error.", "", *table(rows)]
+             "standard error; paired difference to no cache ± its standard error.", "",
+             *table(rows, {NO_CACHE: preset.steps, **{name: len(steps) for name, steps in schedules.items()}})]
     with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
