@@ -165,6 +165,21 @@ def test_paired_comparison_refuses_a_bad_schedule_before_loading_models(tmp_path
         paired.main(["--out", str(tmp_path), "--schedules", "0 25", "--weights", str(tmp_path / "absent")])
 
 
+def test_paired_comparison_refuses_a_missing_predictor_before_loading_models(tmp_path):
+    from benchmarks.mini import paired
+
+    with pytest.raises(SystemExit, match="--predictor: .*absent.safetensors is not a file"):
+        paired.main(["--out", str(tmp_path), "--predictor", str(tmp_path / "absent.safetensors")])
+
+
+def test_rollout_tune_refuses_a_bad_schedule_before_writing_anything(tmp_path):
+    from benchmarks.mini import rollout_tune
+
+    with pytest.raises(SystemExit, match="--schedules: step_list \\[0, 25\\] has step 25"):
+        rollout_tune.main(["--out", str(tmp_path / "run"), "--schedules", "0 25"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_demo_refuses_an_output_that_is_not_a_gif(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--out", "results"])

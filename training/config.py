@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from disca.schedules import AnchorSchedule, ScheduleError
 
-STAGES = ("predictor", "meanflow", "cfg_distill", "flow_matching")
+STAGES = ("predictor", "predictor_rollout", "meanflow", "cfg_distill", "flow_matching")
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 DISC_INPUTS = ("clean_estimate", "next_sample")
@@ -33,7 +33,7 @@ def _require(condition: bool, key: str, message: str) -> None:
 class CommonConfig:
     """Fields every stage shares."""
 
-    stage: str  # which stage this file configures: predictor | meanflow | cfg_distill | flow_matching
+    stage: str  # which stage this file configures: predictor | predictor_rollout | meanflow | cfg_distill | flow_matching
     model: str  # the frozen DiT: a diffusers transformer folder or a Tencent-layout .safetensors file
     prompts: str  # cached prompt embeddings written by `python -m training.data encode` (.safetensors)
     output_dir: str  # run folder: checkpoints/, logs/ (tensorboard), report.json and the exported file
@@ -79,25 +79,60 @@ class CommonConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PredictorConfig(CommonConfig):
-    """DisCa predictor: MSE phase, then GAN phase, on trajectories of the frozen distilled DiT."""
+class ServedScheduleConfig(CommonConfig):
+    """Fields of the stages that train a predictor for a sampling schedule (predictor, predictor_rollout)."""
 
     latent_shape: tuple[int, int, int] = (33, 60, 104)  # latent frames, height, width of the trajectories (33x60x104 = 129f 480x832 for 1.0)
     steps: int = 20  # sampler steps of the deployment schedule the predictor serves
     shift: float = 5.0  # flow shift of that schedule (official R-MeanFlow T2V: 5.0)
     schedules: tuple[str, ...] = ("t2v_official_10of20", "t2v_official_8of20")  # presets or step lists ("0 2 4 7"); one predictor serves all
+    held_out_prompts: int = 1  # the last N prompts are never trained on; the final report measures error on them
+    init_predictor: str = ""  # optional predictor file (official or ours) to start from instead of the DiT's last blocks
+    eval_every: int = 100  # held-out evaluation period in steps; the best evaluation's weights (the start counts) are exported
+    reference_images: str = ""  # 1.5 I2V: image_cache_file written by `training.data encode` (row i = prompt i); empty = text-to-video
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(len(self.latent_shape) == 3 and all(s >= 1 for s in self.latent_shape), "latent_shape",
+                 f"must be three positive ints [frames, height, width], got {list(self.latent_shape)}")
+        _require(self.steps >= 2, "steps", f"must be >= 2 (a predicted step needs an anchor before it), got {self.steps}")
+        _require(self.shift > 0, "shift", f"must be > 0, got {self.shift}")
+        _require(len(self.schedules) > 0, "schedules", "needs at least one preset name or step list")
+        for schedule in self.anchor_schedules():
+            try:
+                anchors = schedule.anchor_steps(self.steps)
+            except ScheduleError as error:
+                raise ConfigError(f"config key 'schedules': {error}") from None
+            _require(len(anchors) < self.steps, "schedules", f"{schedule.name} makes every one of the {self.steps} "
+                     "steps an anchor, so there is nothing to predict; use a sparser list or a larger interval")
+        _require(self.held_out_prompts >= 1, "held_out_prompts", f"must be >= 1 to measure the result, got {self.held_out_prompts}")
+        _require(not self.init_predictor or os.path.isfile(self.init_predictor), "init_predictor",
+                 f"{self.init_predictor} is not a file")
+        _require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+        _require(not self.reference_images or os.path.isfile(self.reference_images), "reference_images",
+                 f"{self.reference_images} is not a file; create it with `python -m training.data encode` from a "
+                 "[[datasets]] image_directory, or leave it empty for text-to-video")
+
+    def anchor_schedules(self) -> list[AnchorSchedule]:
+        try:
+            return [AnchorSchedule.parse(entry) for entry in self.schedules]
+        except ScheduleError as error:
+            raise ConfigError(f"config key 'schedules': entry {error}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictorConfig(ServedScheduleConfig):
+    """DisCa predictor: MSE phase, then GAN phase, on trajectories of the frozen distilled DiT."""
+
     trajectories_per_prompt: int = 1  # noise seeds per training prompt; the pool holds steps x caches per trajectory in memory
     trajectory_batch: int = 1  # trajectories sampled together when building the pool (more: faster, more memory)
     pool_on_device: bool = False  # keep the pool in GPU memory (small models: no per-step host copies); default CPU RAM
-    held_out_prompts: int = 1  # the last N prompts are never trained on; the final report measures error on them
     depth: int = 2  # predictor blocks (official: 2)
-    init_predictor: str = ""  # optional predictor file (official or ours) to start from instead of the DiT's last blocks
     mse_steps: int = 500  # phase 1 length (paper: 500); the GAN phase runs for max_steps - mse_steps
     # Adam's first steps move every weight by ~lr whatever its gradient (m / sqrt(v) = +-1 until v averages over
     # ~1 / (1 - beta2) = 100 steps): on full-size HunyuanVideo one such step at 1e-4 took the held-out MSE from
     # cache reuse's 0.005 to 12 (issue 14). Linear warm-up over 2 / (1 - beta2) steps (Ma & Yarats 2021).
     warmup_steps: int = 200
-    eval_every: int = 100  # held-out evaluation period in steps; the best evaluation's weights (the start counts) are exported
     # each schedule's first window (the steps predicted from its first anchor that has any) is drawn this many times as
     # often as the other pairs, where errors weigh most on the video; on DisCa-mini 4 changed nothing measurable
     # (benchmarks/mini/README.md, "How many DiT calls")
@@ -111,30 +146,13 @@ class PredictorConfig(CommonConfig):
     disc_taps: tuple[int, ...] = ()  # DiT block indices whose image tokens feed a head; empty = 3 spread over the depth
     disc_width: int = 256  # hidden width of each spectral-norm head
     disc_input: str = "clean_estimate"  # what D judges: 'clean_estimate' (x_t - t u, at sigma 0) or 'next_sample' (x_r at r)
-    reference_images: str = ""  # 1.5 I2V: image_cache_file written by `training.data encode` (row i = prompt i); empty = text-to-video
 
     def __post_init__(self):
         super().__post_init__()
         _require(self.stage == "predictor", "stage", f"a predictor config needs stage: predictor, got {self.stage!r}")
-        _require(len(self.latent_shape) == 3 and all(s >= 1 for s in self.latent_shape), "latent_shape",
-                 f"must be three positive ints [frames, height, width], got {list(self.latent_shape)}")
-        _require(self.steps >= 2, "steps", f"must be >= 2 (a predicted step needs an anchor before it), got {self.steps}")
-        _require(self.shift > 0, "shift", f"must be > 0, got {self.shift}")
-        _require(len(self.schedules) > 0, "schedules", "needs at least one preset name or step list")
-        for schedule in self.anchor_schedules():
-            try:
-                anchors = schedule.anchor_steps(self.steps)
-            except ScheduleError as error:
-                raise ConfigError(f"config key 'schedules': {error}") from None
-            _require(len(anchors) < self.steps, "schedules", f"{schedule.name} makes every one of the {self.steps} "
-                     "steps an anchor, so there is nothing to predict; use a sparser list or a larger interval")
         _require(self.trajectory_batch >= 1, "trajectory_batch", f"must be >= 1, got {self.trajectory_batch}")
         _require(self.trajectories_per_prompt >= 1, "trajectories_per_prompt", f"must be >= 1, got {self.trajectories_per_prompt}")
-        _require(self.held_out_prompts >= 1, "held_out_prompts", f"must be >= 1 to measure the result, got {self.held_out_prompts}")
         _require(self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
-        _require(not self.init_predictor or os.path.isfile(self.init_predictor), "init_predictor",
-                 f"{self.init_predictor} is not a file")
-        _require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
         _require(self.first_window_repeats >= 1, "first_window_repeats", f"must be >= 1, got {self.first_window_repeats}")
         _require(0 <= self.on_policy_fraction <= 1, "on_policy_fraction", f"must be in [0, 1], got {self.on_policy_fraction}")
         _require(self.on_policy_refresh >= 1 and self.on_policy_rollouts >= 1, "on_policy_refresh",
@@ -149,15 +167,25 @@ class PredictorConfig(CommonConfig):
         _require(self.adv_weight >= 0, "adv_weight", f"must be >= 0, got {self.adv_weight}")
         _require(self.disc_width >= 1, "disc_width", f"must be >= 1, got {self.disc_width}")
         _require(self.disc_input in DISC_INPUTS, "disc_input", f"must be one of {DISC_INPUTS}, got {self.disc_input!r}")
-        _require(not self.reference_images or os.path.isfile(self.reference_images), "reference_images",
-                 f"{self.reference_images} is not a file; create it with `python -m training.data encode` from a "
-                 "[[datasets]] image_directory, or leave it empty for text-to-video")
 
-    def anchor_schedules(self) -> list[AnchorSchedule]:
-        try:
-            return [AnchorSchedule.parse(entry) for entry in self.schedules]
-        except ScheduleError as error:
-            raise ConfigError(f"config key 'schedules': entry {error}") from None
+
+@dataclass(frozen=True, kw_only=True)
+class PredictorRolloutConfig(ServedScheduleConfig):
+    """Continue a trained predictor on whole DisCa roll-outs: the loss is the sampler's states against the no-cache
+    sampler's from the same noise (training/predictor_rollout.py)."""
+
+    learning_rate: float = 5e-5  # DisCa-mini: 650 steps at 5e-5 took the 5-call list's held-out loss 0.0016 -> 0.0012
+    warmup_steps: int = 20
+    lr_schedule: str = "cosine"
+    # The states' gradients reach every earlier step through the DiT's anchor calls: memory grows with the steps of a
+    # roll-out x the DiT's activations (gradient_checkpointing recomputes them block by block)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.stage == "predictor_rollout", "stage",
+                 f"a predictor_rollout config needs stage: predictor_rollout, got {self.stage!r}")
+        _require(bool(self.init_predictor), "init_predictor", "is required: this stage continues a trained predictor "
+                 "(the predictor stage's predictor.safetensors, or an official file)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,8 +262,8 @@ class FlowMatchingConfig(VideoSetConfig):
         _require(self.shift > 0, "shift", f"must be > 0, got {self.shift}")
 
 
-CONFIG_CLASSES = {"predictor": PredictorConfig, "meanflow": MeanFlowConfig, "cfg_distill": CFGDistillConfig,
-                  "flow_matching": FlowMatchingConfig}
+CONFIG_CLASSES = {"predictor": PredictorConfig, "predictor_rollout": PredictorRolloutConfig, "meanflow": MeanFlowConfig,
+                  "cfg_distill": CFGDistillConfig, "flow_matching": FlowMatchingConfig}
 
 
 # ---------------------------------------------------------------------------------------------------- parsing

@@ -327,26 +327,27 @@ def _concat(parts: list):
 
 
 class HeldOutSelection:
-    """The held-out evaluations of a run and the weights of the best one (lowest held-out predictor MSE, the start
-    included, the earliest on a tie): the stage exports those, so it never ends worse on held-out pairs than it began.
+    """The held-out evaluations of a run and the weights of the best one (lowest held-out `metric`, the start
+    included, the earliest on a tie): the stage exports those, so it never ends worse on held-out data than it began.
     Saved into every checkpoint, so a resumed run selects among the same evaluations as an uninterrupted one."""
 
     WEIGHTS, HISTORY = "best_predictor.safetensors", "held_out.json"
 
-    def __init__(self):
+    def __init__(self, metric: str = "predictor_mse"):
+        self.metric = metric
         self.baselines: dict = {}  # cache / output reuse on the held-out pairs: weight-independent, measured once
-        self.history: list[dict] = []  # {"step", "predictor_mse"} per evaluation
+        self.history: list[dict] = []  # {"step", metric} per evaluation
         self.rollout_initial: dict | None = None  # rollout_report of the start (fresh runs)
         self.best_state: dict[str, torch.Tensor] | None = None
 
     @property
     def best(self) -> dict:
-        return min(self.history, key=lambda h: h["predictor_mse"])
+        return min(self.history, key=lambda h: h[self.metric])
 
     def record(self, step: int, evaluation: dict, module: torch.nn.Module) -> None:
         if "cache_reuse_mse" in evaluation:
-            self.baselines = {k: v for k, v in evaluation.items() if k != "predictor_mse"}
-        self.history.append({"step": step, "predictor_mse": evaluation["predictor_mse"]})
+            self.baselines = {k: v for k, v in evaluation.items() if k != self.metric}
+        self.history.append({"step": step, self.metric: evaluation[self.metric]})
         if self.best is self.history[-1]:
             self.best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
@@ -366,11 +367,29 @@ class HeldOutSelection:
         return True
 
     def summary(self) -> dict:
-        """Both baselines and the predictor's held-out MSE at the start, at its best and at the end, with their steps."""
-        start, best, final = self.history[0], self.best, self.history[-1]
-        return {**self.baselines, "predictor_mse_initial": start["predictor_mse"] if start["step"] == 0 else None,
-                "predictor_mse_best": best["predictor_mse"], "best_step": best["step"],
-                "predictor_mse_final": final["predictor_mse"], "final_step": final["step"]}
+        """The baselines and the held-out metric at the start, at its best and at the end, with their steps."""
+        start, best, final, metric = self.history[0], self.best, self.history[-1], self.metric
+        return {**self.baselines, f"{metric}_initial": start[metric] if start["step"] == 0 else None,
+                f"{metric}_best": best[metric], "best_step": best["step"],
+                f"{metric}_final": final[metric], "final_step": final["step"]}
+
+
+def stage_conditions(config, host: HunyuanVideoHost) -> tuple[dict[str, torch.Tensor], list[int], list[int]]:
+    """The prompts' conditioning (1.5 I2V: with the reference images' condition latents), the training prompts and
+    the held-out ones (the last `held_out_prompts`)."""
+    cond = load_embeddings(config.prompts, host.arch)
+    if host.arch == ARCH_HV15:
+        references = (load_references(config.reference_images, host.arch, cond["prompt_embeds"].shape[0])
+                      if config.reference_images else None)
+        cond = with_image_condition(cond, host.condition_channels, config.latent_shape, references)
+    elif config.reference_images:
+        raise DataError(f"config key 'reference_images': {host.arch} takes no reference images (I2V is a "
+                        "HunyuanVideo-1.5 input); leave it empty")
+    count, held_out = cond["prompt_embeds"].shape[0], config.held_out_prompts
+    if count <= held_out:
+        raise ValueError(f"config key 'held_out_prompts': {held_out} held out of {count} prompts in {config.prompts} "
+                         "leaves none to train on; add prompts or hold out fewer")
+    return cond, list(range(count - held_out)), list(range(count - held_out, count))
 
 
 def build_predictor(config: PredictorConfig, host: HunyuanVideoHost) -> DiffusersPredictor:
@@ -454,6 +473,25 @@ def schedule_metadata(config: PredictorConfig) -> tuple[list | None, list | None
     return (lists or None), ([min(intervals), max(intervals)] if intervals else None)
 
 
+def export_selected(accelerator, config, predictor: DiffusersPredictor, host, report: dict, slope: float | None) -> str:
+    """End of a predictor stage, on the main process: export `predictor` (the selected weights) with the run's
+    schedules, config and `report["held_out"]` as metadata, push it, write the report. Returns the file (other
+    ranks: "")."""
+    if not accelerator.is_main_process:
+        return ""
+    step_lists, interval_range = schedule_metadata(config)
+    shape = "x".join(str(s) for s in config.latent_shape)
+    out = export_predictor(f"{config.output_dir}/predictor.safetensors", predictor, host, step_lists=step_lists,
+                           interval_range=interval_range, resolution=f"latent {shape}",
+                           training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")},
+                           held_out=report["held_out"], fusion_slope=slope)
+    report["predictor_file"] = out
+    if config.push_to_hub:
+        report["hub"] = push_to_hub(out, config.push_to_hub)
+    loop.write_report(config.output_dir, report)
+    return out
+
+
 def train(config: PredictorConfig, resume: bool = False) -> dict:
     accelerator = loop.build_accelerator(config)
     device = accelerator.device
@@ -462,20 +500,7 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
     host = load_host(config.model, dtype).to(device).requires_grad_(False).eval()
     if config.gradient_checkpointing:
         host.transformer.enable_gradient_checkpointing()
-    cond = load_embeddings(config.prompts, host.arch)
-    if host.arch == ARCH_HV15:
-        references = (load_references(config.reference_images, host.arch, cond["prompt_embeds"].shape[0])
-                      if config.reference_images else None)
-        cond = with_image_condition(cond, host.condition_channels, config.latent_shape, references)
-    elif config.reference_images:
-        raise DataError(f"config key 'reference_images': {host.arch} takes no reference images (I2V is a "
-                        "HunyuanVideo-1.5 input); leave it empty")
-    prompt_count = cond["prompt_embeds"].shape[0]
-    if prompt_count <= config.held_out_prompts:
-        raise ValueError(f"config key 'held_out_prompts': {config.held_out_prompts} held out of {prompt_count} prompts "
-                         f"in {config.prompts} leaves none to train on; add prompts or hold out fewer")
-    train_prompts = list(range(prompt_count - config.held_out_prompts))
-    held_out = list(range(prompt_count - config.held_out_prompts, prompt_count))
+    cond, train_prompts, held_out = stage_conditions(config, host)
 
     predictor = build_predictor(config, host)
     predictor.checkpoint_blocks = config.gradient_checkpointing
@@ -577,17 +602,8 @@ def train(config: PredictorConfig, resume: bool = False) -> dict:
         with accelerator.autocast():
             rollouts["exported"] = rollout_report(host, unwrapped, rollout_pool, config, cond, sigmas, device, dtype)
         report["rollouts"] = rollouts
-    if accelerator.is_main_process:
-        step_lists, interval_range = schedule_metadata(config)
-        shape = "x".join(str(s) for s in config.latent_shape)
-        out = export_predictor(f"{config.output_dir}/predictor.safetensors", unwrapped, host, step_lists=step_lists,
-                               interval_range=interval_range, resolution=f"latent {shape}",
-                               training={k: v for k, v in config.as_dict().items() if k not in ("model", "prompts", "output_dir")},
-                               held_out=held_out, fusion_slope=slope)
-        report["predictor_file"] = out
-        if config.push_to_hub:
-            report["hub"] = push_to_hub(out, config.push_to_hub)
-        loop.write_report(config.output_dir, report)
+    out = export_selected(accelerator, config, unwrapped, host, report, slope)
+    if out:
         logger.info("predictor: held-out MSE %.4g at step %d exported (start %s, final %.4g; cache reuse %.4g, output "
                     "reuse %.4g) -> %s", held_out["predictor_mse_best"], held_out["best_step"],
                     held_out["predictor_mse_initial"], held_out["predictor_mse_final"], held_out["cache_reuse_mse"],

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--schedules", nargs="+", default=list(DEFAULT_SCHEDULES), help="DisCa anchor lists")
     parser.add_argument("--prompts", type=int, default=None, help="the first N held-out prompts (default: all 512)")
     parser.add_argument("--weights", default=WEIGHTS, help="folder with dit, predictor and classifier .safetensors")
+    parser.add_argument("--predictor", default=None, help="another predictor file (default: the --weights folder's)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--schedules: {error}") from None
     schedules = {f"DisCa anchors {' '.join(map(str, steps))}": steps for steps in anchors}
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    predictor_path = os.path.join(args.weights, "predictor.safetensors")
+    predictor_path = args.predictor or os.path.join(args.weights, "predictor.safetensors")
+    if not os.path.isfile(predictor_path):
+        raise SystemExit(f"--predictor: {predictor_path} is not a file")
     samplers = {NO_CACHE: plain_sampler(preset, preset.steps)}
     samplers.update({name: cached_sampler(preset, None, "predictor", predictor_path, anchors=steps)
                      for name, steps in schedules.items()})

@@ -284,12 +284,14 @@ def run_training_stage(name: str, raw: dict) -> dict:
     from training.loop import latest_checkpoint
     from training.meanflow import train as train_mf
     from training.predictor import train as train_predictor
+    from training.predictor_rollout import train as train_predictor_rollout
 
     processes = world_size()
     if raw["batch_size"] % processes:
         raise ValueError(f"stage {name}: batch_size {raw['batch_size']} does not split over {processes} processes")
     config = build_config(dict(raw, batch_size=raw["batch_size"] // processes), source=f"DisCa-mini stage {name}")
-    train = {"flow_matching": train_fm, "cfg_distill": train_cfg, "meanflow": train_mf, "predictor": train_predictor}[config.stage]
+    train = {"flow_matching": train_fm, "cfg_distill": train_cfg, "meanflow": train_mf, "predictor": train_predictor,
+             "predictor_rollout": train_predictor_rollout}[config.stage]
     started = time.perf_counter()
     resuming = latest_checkpoint(config.output_dir) is not None
     report = train(config, resume=resuming)
