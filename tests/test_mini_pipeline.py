@@ -172,11 +172,16 @@ def test_paired_comparison_refuses_a_missing_predictor_before_loading_models(tmp
         paired.main(["--out", str(tmp_path), "--predictor", str(tmp_path / "absent.safetensors")])
 
 
-def test_rollout_tune_refuses_a_bad_schedule_before_writing_anything(tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    (["--schedules", "0 25"], "--schedules: step_list \\[0, 25\\] has step 25"),
+    (["--init", "absent.safetensors"], "--init: absent.safetensors is not a file"),
+    (["--held-out", "0"], "--held-out must be >= 1, got 0"),
+])
+def test_rollout_tune_refuses_bad_flags_before_writing_anything(tmp_path, flags, message):
     from benchmarks.mini import rollout_tune
 
-    with pytest.raises(SystemExit, match="--schedules: step_list \\[0, 25\\] has step 25"):
-        rollout_tune.main(["--out", str(tmp_path / "run"), "--schedules", "0 25"])
+    with pytest.raises(SystemExit, match=message):
+        rollout_tune.main(["--out", str(tmp_path / "run"), *flags])
     assert not (tmp_path / "run").exists()
 
 
