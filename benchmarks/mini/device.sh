@@ -12,6 +12,8 @@
 #   v3, lease 3:  as lease 2, with runs/v3/lease2/cfg_distill.safetensors carried in a second call (README "v3")
 #   v3, lease 4:  (carry as lease 2)  device.sh budget;  device.sh wait ...;  device.sh collect-budget
 #   v3, leases 5-7:  (carry as lease 2)  device.sh served;  device.sh wait ...;  device.sh collect-served
+#   roll-out training (carry .wheels only):  [ROLLOUT_LISTS="0 1 2 6 12;..."] device.sh rollout;  device.sh wait ...;
+#                 device.sh collect-rollout
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
 # leases compute what one uninterrupted `python -m benchmarks.mini.run --out runs/mini` computes.
@@ -150,6 +152,18 @@ case "${1:-}" in
     for file in "$RUN/$folder"/*/predictor.safetensors; do cp "$file" "$OUT/$(basename "$(dirname "$file")").safetensors"; done
     tar czf "$OUT/$folder.tgz" -C "$RUN" $(cd "$RUN" && ls $folder/results.json $folder/RESULTS.md \
       $folder/*/report.json $folder/*/stage_seconds.json *.log 2>/dev/null) ;;
+  rollout)  # stop 26 on (rollout_tune.py): the predictor_rollout stage on each of ROLLOUT_LISTS (";"-separated), one
+    # after the other, each then evaluated on noise seeds 0 and 1 (ROLLOUT_FLAGS: more rollout_tune flags); needs only
+    # the repo's demo weights and .wheels
+    IFS=';' read -ra lists <<< "${ROLLOUT_LISTS:-0 1 2 6 12;0 1 2 5 10;0 1 3 6 11}"
+    setsid nohup python3 -m benchmarks.mini.rollout_tune --out "$RUN/rollout" --schedules "${lists[@]}" \
+      --steps "${ROLLOUT_STEPS:-300}" ${ROLLOUT_FLAGS:-} > "$RUN/lease.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/lease.pid"
+    echo "started rollout_tune on ${#lists[@]} list(s) (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log" ;;
+  collect-rollout)  # each list's predictor, and one archive of the reports, paired results and the log
+    for file in "$RUN"/rollout/*/predictor.safetensors; do cp "$file" "$OUT/$(basename "$(dirname "$file")").safetensors"; done
+    tar czf "$OUT/rollout.tgz" -C "$RUN" $(cd "$RUN" && ls rollout/*/report.json rollout/*/paired*/results.json \
+      rollout/*/paired*/RESULTS.md lease.log 2>/dev/null) ;;
   preflight) preflight ;;
   rest)  # every stage after the teacher, then the MeanFlow diagnosis of both students; two lanes on two GPUs
     setsid nohup bash -c "$(declare -f mini diagnose preflight rest); rest" > "$RUN/lease.log" 2>&1 < /dev/null &
@@ -176,6 +190,6 @@ case "${1:-}" in
       [ -f "$RUN/$file" ] && cp "$RUN/$file" "$OUT/"; done
     tar czf "$OUT/reports.tgz" -C "$RUN" $(cd "$RUN" && ls preset.json embedded/demo.json calibrate/calibration.json \
       */report.json */stage_seconds.json *.log diagnosis_*.json RESULTS.md 2>/dev/null) ;;
-  *) echo "usage: $0 prepare | teacher-ddp | teacher | restore | preflight | rest | budget | served | wait [seconds] | evaluate | collect-teacher | collect | collect-budget | collect-served" >&2
+  *) echo "usage: $0 prepare | teacher-ddp | teacher | restore | preflight | rest | budget | served | rollout | wait [seconds] | evaluate | collect-teacher | collect | collect-budget | collect-served | collect-rollout" >&2
      exit 2 ;;
 esac
