@@ -172,13 +172,13 @@ class PredictorConfig(ServedScheduleConfig):
 @dataclass(frozen=True, kw_only=True)
 class PredictorRolloutConfig(ServedScheduleConfig):
     """Continue a trained predictor on whole DisCa roll-outs: the loss is the sampler's states against the no-cache
-    sampler's from the same noise (training/predictor_rollout.py)."""
+    sampler's from the same noise (training/predictor_rollout.py). The gradient reaches every earlier step through
+    the DiT's anchor calls, so memory grows with the anchors of a roll-out x the DiT's activations
+    (`gradient_checkpointing` keeps only each block's input)."""
 
     learning_rate: float = 5e-5  # DisCa-mini: 650 steps at 5e-5 took the 5-call list's held-out loss 0.0016 -> 0.0012
-    warmup_steps: int = 20
+    warmup_steps: int = 20  # from a trained predictor: a short warm-up (the predictor stage's 200 is for a fresh one)
     lr_schedule: str = "cosine"
-    # The states' gradients reach every earlier step through the DiT's anchor calls: memory grows with the steps of a
-    # roll-out x the DiT's activations (gradient_checkpointing recomputes them block by block)
 
     def __post_init__(self):
         super().__post_init__()
