@@ -54,24 +54,30 @@ def roll_out_states(host, predictor, noise: torch.Tensor, cond: dict, sigmas: to
     return states
 
 
-def rollout_loss(host, predictor, noise, cond, sigmas, anchors, guidance) -> torch.Tensor:
-    """Mean over the steps of the squared distance between DisCa's states and the no-cache sampler's."""
+def no_cache_states(host, noise, cond, sigmas, guidance) -> list[torch.Tensor]:
+    """The no-cache sampler's states from `noise`: the roll-out's targets (no gradient)."""
     with torch.no_grad():
-        reference = roll_out_states(host, predictor, noise, cond, sigmas, range(len(sigmas) - 1), guidance)
+        return roll_out_states(host, None, noise, cond, sigmas, range(len(sigmas) - 1), guidance)
+
+
+def rollout_loss(host, predictor, noise, cond, sigmas, anchors, guidance, reference: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over the steps of the squared distance between DisCa's states and `reference` (`no_cache_states`)."""
     states = roll_out_states(host, predictor, noise, cond, sigmas, frozenset(anchors), guidance)
     return torch.stack([(state - target).pow(2).mean() for state, target in zip(states, reference)]).mean()
 
 
 @torch.no_grad()
 def held_out_loss(host, predictor, noise: torch.Tensor, prompts: list[int], cond, sigmas, schedules, config) -> float:
-    """`rollout_loss` on fixed noises of the held-out prompts, averaged over the prompts and the served lists."""
+    """`rollout_loss` on fixed noises of the held-out prompts, averaged over the prompts and the served lists (the
+    no-cache states of a batch are sampled once for all lists)."""
     total = 0.0
     for begin in range(0, len(prompts), config.batch_size):
         rows = prompts[begin:begin + config.batch_size]
         g = guidance_for(host, config.guidance, len(rows), noise.device)
-        chunk = noise[begin:begin + len(rows)]
-        total += sum(rollout_loss(host, predictor, chunk, select_rows(cond, rows, noise.device), sigmas, anchors,
-                                  g).item() for anchors in schedules) * len(rows)
+        chunk, rows_cond = noise[begin:begin + len(rows)], select_rows(cond, rows, noise.device)
+        reference = no_cache_states(host, chunk, rows_cond, sigmas, g)
+        total += sum(rollout_loss(host, predictor, chunk, rows_cond, sigmas, anchors, g, reference).item()
+                     for anchors in schedules) * len(rows)
     return total / (len(prompts) * len(schedules))
 
 
@@ -128,8 +134,10 @@ def train(config: PredictorRolloutConfig, resume: bool = False) -> dict:
                                                         generator=generator).tolist()]
         noise = loop.randn_on((config.batch_size, *shape), generator, device)
         g = guidance_for(host, config.guidance, config.batch_size, device)
+        rows_cond = select_rows(cond, rows, device)
         with accelerator.autocast():
-            loss = rollout_loss(host, predictor, noise, select_rows(cond, rows, device), sigmas, anchors, g)
+            reference = no_cache_states(host, noise, rows_cond, sigmas, g)
+            loss = rollout_loss(host, predictor, noise, rows_cond, sigmas, anchors, g, reference)
         accelerator.backward(loss)
         values = loop.gather_losses(accelerator, {METRIC: loss})
         loop.stop_if_diverged(accelerator, config, state, values, selection.save)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import json
 import logging
 import os
@@ -279,19 +280,13 @@ def latent_shape(preset: Preset) -> tuple[int, int, int]:
 def run_training_stage(name: str, raw: dict) -> dict:
     """One `training/` stage in this process (one rank of it under `accelerate launch`); continues from the stage's
     latest checkpoint when there is one, so a stage cut short by the end of a lease resumes on the next."""
-    from training.cfg_distill import train as train_cfg
-    from training.flow_matching import train as train_fm
     from training.loop import latest_checkpoint
-    from training.meanflow import train as train_mf
-    from training.predictor import train as train_predictor
-    from training.predictor_rollout import train as train_predictor_rollout
 
     processes = world_size()
     if raw["batch_size"] % processes:
         raise ValueError(f"stage {name}: batch_size {raw['batch_size']} does not split over {processes} processes")
     config = build_config(dict(raw, batch_size=raw["batch_size"] // processes), source=f"DisCa-mini stage {name}")
-    train = {"flow_matching": train_fm, "cfg_distill": train_cfg, "meanflow": train_mf, "predictor": train_predictor,
-             "predictor_rollout": train_predictor_rollout}[config.stage]
+    train = importlib.import_module(f"training.{config.stage}").train  # as training/train.py picks the stage
     started = time.perf_counter()
     resuming = latest_checkpoint(config.output_dir) is not None
     report = train(config, resume=resuming)
