@@ -12,7 +12,8 @@
 #   v3, lease 3:  as lease 2, with runs/v3/lease2/cfg_distill.safetensors carried in a second call (README "v3")
 #   v3, lease 4:  (carry as lease 2)  device.sh budget;  device.sh wait ...;  device.sh collect-budget
 #   v3, leases 5-7:  (carry as lease 2)  device.sh served;  device.sh wait ...;  device.sh collect-served
-#   roll-out training (carry .wheels only):  [ROLLOUT_LISTS="0 1 2 6 12;..."] device.sh rollout;  device.sh wait ...;
+#   roll-out training (carry .wheels only):  [ROLLOUT_LANES="0 1 2 6 12;0 1 3 7 13|--lr 2e-4 ..."] device.sh rollout;
+#                 device.sh wait ...;
 #                 device.sh collect-rollout
 #
 # Stages are skipped when their output exists, and the data are re-made from the seed on each machine, so the two
@@ -152,27 +153,35 @@ case "${1:-}" in
     for file in "$RUN/$folder"/*/predictor.safetensors; do cp "$file" "$OUT/$(basename "$(dirname "$file")").safetensors"; done
     tar czf "$OUT/$folder.tgz" -C "$RUN" $(cd "$RUN" && ls $folder/results.json $folder/RESULTS.md \
       $folder/*/report.json $folder/*/stage_seconds.json *.log 2>/dev/null) ;;
-  rollout)  # stop 26 on (rollout_tune.py): the predictor_rollout stage on each of ROLLOUT_LISTS (";"-separated), one
-    # after the other, each then evaluated on noise seeds 0 and 1 (ROLLOUT_FLAGS: more rollout_tune flags); needs only
-    # the repo's demo weights and .wheels
-    IFS=';' read -ra lists <<< "${ROLLOUT_LISTS:-0 1 2 6 12;0 1 2 5 10;0 1 3 6 11}"
-    setsid nohup python3 -m benchmarks.mini.rollout_tune --out "$RUN/rollout" --schedules "${lists[@]}" \
-      --steps "${ROLLOUT_STEPS:-300}" ${ROLLOUT_FLAGS:-} > "$RUN/lease.log" 2>&1 < /dev/null &
-    echo $! > "$RUN/lease.pid"
-    echo "started rollout_tune on ${#lists[@]} list(s) (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log" ;;
-  collect-rollout)  # each list's predictor, and one archive of the reports, paired results and the log
-    for file in "$RUN"/rollout/*/predictor.safetensors; do cp "$file" "$OUT/$(basename "$(dirname "$file")").safetensors"; done
-    tar czf "$OUT/rollout.tgz" -C "$RUN" $(cd "$RUN" && ls rollout/*/report.json rollout/*/paired*/results.json \
-      rollout/*/paired*/RESULTS.md lease.log 2>/dev/null) ;;
+  rollout)  # rollout_tune.py's lanes side by side on one GPU (a 5-call roll-out at batch 32 is launch-bound: three
+    # lanes ran at 1.34 s/step each, one alone at 1.0-1.3), each in its own folder (its own prompt cache); ROLLOUT_LANES
+    # is ";"-separated "anchor list[|more rollout_tune flags]", ROLLOUT_FLAGS flags for every lane, each lane evaluated
+    # on ROLLOUT_SEEDS; needs only the repo's demo weights and .wheels
+    IFS=';' read -ra lanes <<< "${ROLLOUT_LANES:-0 1 2 6 12;0 1 2 5 10;0 1 3 6 11}"
+    lane=0
+    for spec in "${lanes[@]}"; do
+      IFS='|' read -r anchors flags <<< "$spec"
+      setsid nohup python3 -m benchmarks.mini.rollout_tune --out "$RUN/rollout/lane$lane" --schedules "$anchors" \
+        --steps "${ROLLOUT_STEPS:-300}" --seeds ${ROLLOUT_SEEDS:-0 1} ${ROLLOUT_FLAGS:-} $flags > "$RUN/lane$lane.log" 2>&1 < /dev/null &
+      echo $! >> "$RUN/lease.pids"
+      lane=$(( lane + 1 ))
+    done
+    echo "started rollout_tune in $lane lane(s) (pids $(tr '\n' ' ' < "$RUN/lease.pids")); logs $RUN/lane*.log" ;;
+  collect-rollout)  # each lane's predictor, and one archive of the reports, paired results and logs
+    for file in "$RUN"/rollout/*/*/predictor.safetensors; do
+      [ -f "$file" ] && cp "$file" "$OUT/$(basename "$(dirname "$file")").safetensors"; done
+    tar czf "$OUT/rollout.tgz" -C "$RUN" $(cd "$RUN" && ls rollout/*/*/report.json rollout/*/*/paired*/results.json \
+      rollout/*/*/paired*/RESULTS.md lane*.log 2>/dev/null) ;;
   preflight) preflight ;;
   rest)  # every stage after the teacher, then the MeanFlow diagnosis of both students; two lanes on two GPUs
     setsid nohup bash -c "$(declare -f mini diagnose preflight rest); rest" > "$RUN/lease.log" 2>&1 < /dev/null &
     echo $! > "$RUN/lease.pid"
     echo "started the rest (pid $(cat "$RUN/lease.pid")); log $RUN/lease.log, lanes $RUN/lane*.log" ;;
-  wait)  # up to ${2:-540} s, or until the run ends
-    for _ in $(seq $(( ${2:-540} / 10 ))); do kill -0 "$(cat "$RUN/lease.pid")" 2>/dev/null || break; sleep 10; done
+  wait)  # up to ${2:-540} s, or until the run (every lane of it) ends
+    running() { for pid in $(cat "$RUN"/lease.pid* 2>/dev/null); do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
+    for _ in $(seq $(( ${2:-540} / 10 ))); do running || break; sleep 10; done
     for log in "$RUN"/lane*.log "$RUN/lease.log"; do [ -f "$log" ] && echo "== $log" && tr '\r' '\n' < "$log" | grep -v '^\s*$' | tail -n 6; done
-    kill -0 "$(cat "$RUN/lease.pid")" 2>/dev/null && echo "RUNNING" || echo "DONE" ;;
+    running && echo "RUNNING" || echo "DONE" ;;
   evaluate)  # every row whose models exist (after the teacher: the teacher's own row)
     mini --stages evaluate > "$RUN/evaluate.log" 2>&1
     tail -n 5 "$RUN/evaluate.log" ;;
