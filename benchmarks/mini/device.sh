@@ -157,12 +157,17 @@ case "${1:-}" in
     # lanes ran at 1.34 s/step each, one alone at 1.0-1.3), each in its own folder (its own prompt cache); ROLLOUT_LANES
     # is ";"-separated "anchor list[|more rollout_tune flags]", ROLLOUT_FLAGS flags for every lane, each lane evaluated
     # on ROLLOUT_SEEDS; needs only the repo's demo weights and .wheels
-    IFS=';' read -ra lanes <<< "${ROLLOUT_LANES:-0 1 2 6 12;0 1 2 5 10;0 1 3 6 11}"
-    lane=0
+    # (the default: stop 27's lanes)
+    IFS=';' read -ra lanes <<< "${ROLLOUT_LANES:-0 1 2 6 12;0 1 2 4 10;0 1 3 6 11;0 1 2 5 10;0 1 3 7 13|--init \
+benchmarks/mini/logs/rollout/dense5_650_predictor.safetensors --lr 2e-4 --tag _c300_lr2e-4}"
+    # the cores split between the lanes: with torch's default (every core per process), five lanes took ~2.7 min per
+    # evaluation seed (one process alone: ~18 s) and the lanes still training 6-11 s per step (stop 27, 16 cores)
+    lane=0 threads=$(( $(nproc) / ${#lanes[@]} > 1 ? $(nproc) / ${#lanes[@]} : 1 ))
     for spec in "${lanes[@]}"; do
       IFS='|' read -r anchors flags <<< "$spec"
-      setsid nohup python3 -m benchmarks.mini.rollout_tune --out "$RUN/rollout/lane$lane" --schedules "$anchors" \
-        --steps "${ROLLOUT_STEPS:-300}" --seeds ${ROLLOUT_SEEDS:-0 1} ${ROLLOUT_FLAGS:-} $flags > "$RUN/lane$lane.log" 2>&1 < /dev/null &
+      OMP_NUM_THREADS=$threads setsid nohup python3 -m benchmarks.mini.rollout_tune --out "$RUN/rollout/lane$lane" \
+        --schedules "$anchors" --steps "${ROLLOUT_STEPS:-300}" --seeds ${ROLLOUT_SEEDS:-0 1} ${ROLLOUT_FLAGS:-} $flags \
+        > "$RUN/lane$lane.log" 2>&1 < /dev/null &
       echo $! >> "$RUN/lease.pids"
       lane=$(( lane + 1 ))
     done
