@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 
 import pytest
 import torch
@@ -124,10 +125,16 @@ def test_demo_writes_a_side_by_side_gif_and_reports_speed_and_verdicts(smoke_run
     assert not logging.getLogger("disca").handlers  # the demo's collector is gone
 
 
-def test_demo_takes_an_anchor_list_and_refuses_bad_schedules_before_loading_models(smoke_run, tmp_path, capsys):
+def test_demo_takes_an_anchor_list_and_a_predictor_and_refuses_bad_ones_before_loading_models(smoke_run, tmp_path,
+                                                                                               capsys):
     weights = os.path.join(smoke_run, "embedded")
-    result = demo.main(["--weights", weights, "--out", str(tmp_path / "d.gif"), "--schedule", "0 1 4"])
-    assert result["dit_calls"]["with"] == 3 and "anchors [0, 1, 4]" in capsys.readouterr().out
+    other = tmp_path / "list_trained.safetensors"  # a predictor outside the weights folder, as a roll-out run writes
+    shutil.copy(os.path.join(weights, "predictor.safetensors"), other)
+    result = demo.main(["--weights", weights, "--out", str(tmp_path / "d.gif"), "--schedule", "0 1 4",
+                        "--predictor", str(other)])
+    printed = capsys.readouterr().out
+    assert result["dit_calls"]["with"] == 3 and "anchors [0, 1, 4]" in printed
+    assert result["predictor"] == str(other) and f"predictor: {other}" in printed
     steps = run.PRESETS["smoke"].steps
     settings_only = tmp_path / "settings_only"  # no model files: a bad schedule must be refused before loading them
     settings_only.mkdir()
@@ -135,7 +142,8 @@ def test_demo_takes_an_anchor_list_and_refuses_bad_schedules_before_loading_mode
     for args, message in ((["--schedule", f"0 {steps}"], f"has step {steps} but the sampler runs only {steps} steps"),
                           (["--schedule", "1 2"], "must start with step 0"),
                           (["--interval", "0"], "interval N must be >= 1"),
-                          (["--schedule", "N2", "--interval", "2"], "give --schedule or --interval, not both")):
+                          (["--schedule", "N2", "--interval", "2"], "give --schedule or --interval, not both"),
+                          (["--predictor", str(tmp_path / "absent.safetensors")], "absent.safetensors' is not a file")):
         with pytest.raises(SystemExit):
             demo.main(["--weights", str(settings_only), "--out", str(tmp_path / "e.gif"), *args])
         assert message in capsys.readouterr().err, args
