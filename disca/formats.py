@@ -462,6 +462,20 @@ class PredictorFile:
     def base_fingerprint(self) -> str | None:
         return self.metadata.get(META_BASE_FINGERPRINT)
 
+    @property
+    def trained_only_on_lists(self) -> tuple[tuple[int, ...], ...] | None:
+        """The anchor lists a predictor of ours was trained for, when it saw no interval schedule (a list-specific
+        predictor: roll-out training, or a predictor stage on `schedules` of lists only); else None (the official
+        files, interval-trained ones)."""
+        if META_STEP_LISTS not in self.metadata or META_INTERVAL_RANGE in self.metadata:
+            return None
+        try:
+            lists = json.loads(self.metadata[META_STEP_LISTS])
+            return tuple(tuple(sorted(int(step) for step in steps)) for steps in lists)
+        except (ValueError, TypeError) as error:
+            raise DisCaFormatError(f"{self.path}: metadata {META_STEP_LISTS} is not a JSON list of step lists: "
+                                   f"{self.metadata[META_STEP_LISTS]!r} ({error})") from None
+
 
 def load_predictor_file(path: str) -> PredictorFile:
     """Load an official DisCa predictor (no metadata) or one of ours (with metadata), strictly."""
@@ -470,4 +484,6 @@ def load_predictor_file(path: str) -> PredictorFile:
     declared = metadata.get(META_ARCH)
     if declared is not None and declared != spec.arch:
         raise DisCaFormatError(f"{path}: metadata says {META_ARCH}={declared} but the keys are a {spec.arch} predictor")
-    return PredictorFile(path=path, spec=spec, state_dict=state_dict, metadata=metadata)
+    file = PredictorFile(path=path, spec=spec, state_dict=state_dict, metadata=metadata)
+    file.trained_only_on_lists  # a malformed step list is refused here, not at sampling time
+    return file

@@ -40,6 +40,7 @@ class DisCaPredictor(nn.Module):
     def __init__(self, spec: PredictorSpec, blocks: Iterable[nn.Module], operations=nn, dtype=None, device=None):
         super().__init__()
         self.spec = spec
+        self.trained_only_on_lists: tuple[tuple[int, ...], ...] | None = None  # PredictorFile.trained_only_on_lists
         blocks = nn.ModuleList(blocks)
         if len(blocks) != spec.depth:
             raise ValueError(f"a depth-{spec.depth} predictor needs {spec.depth} blocks, got {len(blocks)}")

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .predictor import predictor_bytes
 from .schedules import AnchorSchedule
 
 log = logging.getLogger("disca")
@@ -174,13 +175,19 @@ class RunStats:
 class DisCaRun:
     """One sampling run of `total_steps` sampler steps."""
 
-    def __init__(self, config: DisCaConfig, total_steps: int, predictor_bytes: int = 0):
+    def __init__(self, config: DisCaConfig, total_steps: int, predictor: torch.nn.Module | None = None):
         self.config = config
         self.total_steps = total_steps
         self.anchors = config.schedule.anchor_steps(total_steps)
+        lists = getattr(predictor, "trained_only_on_lists", None)
+        if lists and config.mode == MODE_PREDICTOR and tuple(sorted(self.anchors)) not in lists:
+            log.warning("DisCa: the predictor was trained only for the anchor lists %s, and this run's anchors %s are "
+                        "none of them: its quality here is untested. Serve one of those lists, or use a predictor "
+                        "trained on interval schedules (the official ones are).",
+                        [list(steps) for steps in lists], sorted(self.anchors))
         self.current_step = 0  # advanced by the sampler's own end-of-step report, never by counting model calls
         self.cache = CacheStore(offload_to_cpu=config.cache_device == CACHE_ON_CPU)
-        self.stats = RunStats(predictor_bytes=predictor_bytes)
+        self.stats = RunStats(predictor_bytes=predictor_bytes(predictor) if predictor is not None else 0)
         self._signature = None
         self._evaluated: set[tuple[int, object]] = set()
 

@@ -22,7 +22,6 @@ from typing import Callable, Iterable
 
 import torch
 
-from .predictor import predictor_bytes
 from .runtime import MODE_PREDICTOR, MODES, DisCaConfig, DisCaRun
 from .schedules import AnchorSchedule
 
@@ -90,8 +89,7 @@ def sample_cached(host, noise: torch.Tensor, sigmas: torch.Tensor, cond: dict, a
         raise ValueError("mode 'predictor' needs the predictor module")
     x, batch = noise.float(), noise.shape[0]
     sigmas = sigmas.to(noise.device, torch.float32)
-    run = DisCaRun(DisCaConfig(AnchorSchedule(anchors=anchors), mode=mode), len(sigmas) - 1,
-                   predictor_bytes(predictor) if predictor is not None else 0)
+    run = DisCaRun(DisCaConfig(AnchorSchedule(anchors=anchors), mode=mode), len(sigmas) - 1, predictor)
     latest = {}  # the last anchor's hidden state, for on_step (the runtime keeps only what the mode needs)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)

@@ -95,7 +95,8 @@ class DisCaApply(io.ComfyNode):
             host.check_base_fingerprint(model, predictor)
         patched = host.apply_disca(model, config, predictor.spec if predictor else None,
                                    predictor.state_dict if predictor else None,
-                                   offload_predictor=predictor_device == PREDICTOR_CPU_OFFLOAD, dtype=predictor_dtype)
+                                   offload_predictor=predictor_device == PREDICTOR_CPU_OFFLOAD, dtype=predictor_dtype,
+                                   trained_only_on_lists=predictor.trained_only_on_lists if predictor else None)
         return io.NodeOutput(patched)
 
 

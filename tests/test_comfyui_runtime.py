@@ -13,7 +13,7 @@ import torch
 
 from comfyui_disca import CASES, add_probe, apply, conditioning, image_then_text, load, noise, stock_capture
 from comfyui_env import requires_comfyui
-from disca.formats import ARCH_HV10, ARCH_HV15, load_safetensors, save_safetensors
+from disca.formats import ARCH_HV10, ARCH_HV15, build_metadata, load_safetensors, save_safetensors
 from disca.schedules import flow_sigmas
 from official_reference import final_layer_and_unpatchify, predicted_output
 from tiny_models import tencent_dit_state_dict
@@ -202,6 +202,25 @@ def test_wrong_predictor_for_the_model(comfyui):
         apply(comfyui, model10, wide)
     with pytest.raises(RuntimeError, match="needs a PREDICTOR input"):
         apply(comfyui, model10, None)
+
+
+def test_list_specific_predictor_warns_on_another_list(comfyui, caplog):
+    """A predictor trained only for some anchor lists (roll-out training) says so when a run serves another."""
+    model, _ = load(comfyui, ARCH_HV10)
+    tensors, _ = load_safetensors(str(comfyui.models_dir / "disca" / HV10_PREDICTOR))
+    name = "tiny_hv10_predictor_rollout_0_2.safetensors"
+    save_safetensors(str(comfyui.models_dir / "disca" / name), tensors,
+                     build_metadata("predictor", ARCH_HV10, step_lists=[[0, 2]]))
+    predictor = comfyui.run_node("DisCaLoadPredictor", predictor_name=name)[0]
+    sigmas = flow_sigmas(4, 5.0)
+    for step_list, warns in (("0 2", False), ("0 1", True)):
+        caplog.clear()
+        patched = apply(comfyui, model, predictor, schedule="step_list", step_list=step_list)
+        with caplog.at_level(logging.WARNING, logger="disca"):
+            out = comfyui.sample(patched, noise(ARCH_HV10, 0), sigmas, conditioning(ARCH_HV10, 1))
+        assert torch.isfinite(out).all()
+        assert ("trained only for the anchor lists [[0, 2]], and this run's anchors [0, 1] are none of them"
+                in caplog.text) == warns, step_list
 
 
 def test_predictor_for_another_base_warns_but_runs(comfyui, caplog):

@@ -127,6 +127,21 @@ def test_metadata_round_trip_and_arch_check(tmp_path):
         load_predictor_file(str(path))
 
 
+def test_list_specific_predictors_are_told_from_interval_trained_ones(tmp_path):
+    """The runtime warns when a predictor trained only for some anchor lists serves another (test_runtime); which
+    files count as such comes from the metadata."""
+    path, weights = str(tmp_path / "p.safetensors"), official_predictor_state_dict(ARCH_HV10)
+    cases = ((dict(step_lists=[[0, 4, 1, 2]]), ((0, 1, 2, 4),)),  # a roll-out-trained predictor (sorted)
+             (dict(step_lists=[[0, 2, 4]], interval_range=[2, 4]), None),  # saw interval schedules too
+             (dict(interval_range=[2, 4]), None), ({}, None))  # interval-trained; no metadata (official files)
+    for fields, expected in cases:
+        save_safetensors(path, weights, build_metadata("predictor", ARCH_HV10, **fields) if fields else {})
+        assert load_predictor_file(path).trained_only_on_lists == expected, fields
+    save_safetensors(path, weights, build_metadata("predictor", ARCH_HV10, step_lists="0 1 2"))
+    with pytest.raises(DisCaFormatError, match=f"{path}: metadata disca.step_lists is not a JSON list of step lists"):
+        load_predictor_file(path)
+
+
 def test_save_is_atomic_and_checks_metadata_types(tmp_path):
     path = tmp_path / "x.safetensors"
     with pytest.raises(TypeError, match="must be strings"):

@@ -5,12 +5,12 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 
 import pytest
 import torch
 
 from benchmarks.mini import demo, run
+from disca.formats import load_safetensors, save_safetensors
 from disca.schedules import AnchorSchedule
 
 SHIPPED = demo.WEIGHTS
@@ -128,13 +128,17 @@ def test_demo_writes_a_side_by_side_gif_and_reports_speed_and_verdicts(smoke_run
 def test_demo_takes_an_anchor_list_and_a_predictor_and_refuses_bad_ones_before_loading_models(smoke_run, tmp_path,
                                                                                                capsys):
     weights = os.path.join(smoke_run, "embedded")
-    other = tmp_path / "list_trained.safetensors"  # a predictor outside the weights folder, as a roll-out run writes
-    shutil.copy(os.path.join(weights, "predictor.safetensors"), other)
+    other = str(tmp_path / "list_trained.safetensors")  # outside the weights folder, trained for one list only
+    tensors, metadata = load_safetensors(os.path.join(weights, "predictor.safetensors"))
+    del metadata["disca.interval_range"]
+    save_safetensors(other, tensors, {**metadata, "disca.step_lists": "[[0, 1, 3]]"})
     result = demo.main(["--weights", weights, "--out", str(tmp_path / "d.gif"), "--schedule", "0 1 4",
-                        "--predictor", str(other)])
+                        "--predictor", other])
     printed = capsys.readouterr().out
     assert result["dit_calls"]["with"] == 3 and "anchors [0, 1, 4]" in printed
-    assert result["predictor"] == str(other) and f"predictor: {other}" in printed
+    assert result["predictor"] == other and f"predictor: {other}" in printed
+    assert printed.count("warning: DisCa: the predictor was trained only for the anchor lists [[0, 1, 3]], and this "
+                         "run's anchors [0, 1, 4] are none of them") == 1
     steps = run.PRESETS["smoke"].steps
     settings_only = tmp_path / "settings_only"  # no model files: a bad schedule must be refused before loading them
     settings_only.mkdir()

@@ -11,7 +11,7 @@ from disca.schedules import AnchorSchedule
 
 def make_run(steps=8, interval=2, **kw):
     return DisCaRun(DisCaConfig(AnchorSchedule(interval=interval, name=f"N{interval}"), **kw), steps,
-                    predictor_bytes=2**20)
+                    torch.nn.Linear(512, 512, bias=False))  # a 1 MiB predictor
 
 
 def test_steps_come_from_the_samplers_reports():
@@ -138,3 +138,17 @@ def test_core_packages_never_import_comfy():
             "bad = [m for m in sys.modules if m == 'comfy' or m.startswith('comfy.') or m == 'folder_paths'];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_run_warns_when_a_list_specific_predictor_serves_another_list(caplog):
+    predictor = torch.nn.Linear(4, 4)
+    predictor.trained_only_on_lists = ((0, 1, 3, 7, 13),)
+    warned = lambda: [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]  # noqa: E731
+    with caplog.at_level(logging.WARNING, logger="disca"):
+        DisCaRun(DisCaConfig(AnchorSchedule(anchors=(0, 1, 3, 7, 13))), 20, predictor)
+        DisCaRun(DisCaConfig(AnchorSchedule(interval=4), mode="reuse_output"), 20, predictor)  # no predictor runs
+        assert not warned()
+        DisCaRun(DisCaConfig(AnchorSchedule(interval=4)), 20, predictor)
+    assert warned() == ["DisCa: the predictor was trained only for the anchor lists [[0, 1, 3, 7, 13]], and this "
+                        "run's anchors [0, 4, 8, 12, 16] are none of them: its quality here is untested. Serve one "
+                        "of those lists, or use a predictor trained on interval schedules (the official ones are)."]

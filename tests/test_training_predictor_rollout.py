@@ -101,8 +101,9 @@ def test_stage_lowers_the_held_out_loss_and_exports_a_loadable_predictor(files):
     assert [h["step"] for h in report["held_out_evaluations"]] == [0, 4, 8]
     assert len(report["loss_curve"]) == 8
     file = load_predictor_file(report["predictor_file"])
-    assert json.loads(file.metadata[META_STEP_LISTS]) == [list(ANCHORS)]
+    assert json.loads(file.metadata[META_STEP_LISTS]) == [list(ANCHORS)] and file.trained_only_on_lists == (ANCHORS,)
     exported = load_predictor(report["predictor_file"])
+    assert exported.trained_only_on_lists == (ANCHORS,)  # each run serving another list warns (test_runtime)
     start = load_predictor(paths["predictor"])
     assert any(not torch.equal(a, b) for a, b in zip(exported.state_dict().values(), start.state_dict().values()))
 

@@ -65,18 +65,18 @@ def load_models(weights: str, predictor_path: str | None = None):
 
 
 @contextlib.contextmanager
-def runtime_summaries():
-    """The summary lines the DisCa runtime logs at the end of a run (`sample_cached(log_summary=True)`), collected
-    while inside."""
-    lines: list[str] = []
+def runtime_records():
+    """What the DisCa runtime logs while inside: its summary at the end of a run (`sample_cached(log_summary=True)`)
+    and its warnings."""
+    records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
+    handler.emit = records.append
     logger = logging.getLogger("disca")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        yield lines
+        yield records
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         return sample_cached(host, noise, sigmas, cond, anchors, mode="predictor", predictor=predictor,
                              guidance=guidance, log_summary=next(runs) == TIMED_RUNS)
 
-    with runtime_summaries() as summaries:
+    with runtime_records() as records:
         full, cached = plain(), disca()  # the videos shown, and the timing's warm-up
         # medians of alternating runs: one pair of runs on a shared CPU can swing the ratio by tenths
         full_seconds, cached_seconds = median_seconds(plain, disca, TIMED_RUNS, warm_up=False)
@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"(medians of {TIMED_RUNS} alternating runs on this machine, {torch.get_num_threads()} threads)")
     if args.predictor is not None:
         print(f"predictor: {result['predictor']}")
-    print(f"runtime, last timed run: {summaries[-1]}")
+    for warning in dict.fromkeys(r.getMessage() for r in records if r.levelno >= logging.WARNING):  # once each
+        print(f"warning: {warning}")
+    print(f"runtime, last timed run: {[r.getMessage() for r in records if r.levelno == logging.INFO][-1]}")
     for name, verdict in (("without DisCa", verdicts[0]), ("with DisCa", verdicts[1])):
         right = sum(verdict["matches"].values())
         seen = ", ".join(f"{k}={v}{'' if verdict['matches'][k] else ' (asked ' + wanted[k] + ')'}" for k, v in verdict["seen"].items())

@@ -27,7 +27,7 @@ from ..formats import (ARCH_HV10, ARCH_HV15, DisCaFormatError, DiTSpec, Predicto
                        base_fingerprint, check_predictor_fits, infer_dit_spec, load_safetensors,
                        match_norm_parameter_names, normalize_tencent_layout, strip_wrapper_prefix,
                        tencent_to_comfy_predictor)
-from ..predictor import DisCaPredictor, predictor_bytes
+from ..predictor import DisCaPredictor
 from ..runtime import MODE_PREDICTOR, MODE_REUSE_CACHE, DisCaConfig, DisCaRun, DisCaRuntimeError
 
 log = logging.getLogger("disca")
@@ -238,8 +238,10 @@ def predictor_dtype(model_patcher, choice: str = "auto") -> torch.dtype:
 
 def apply_disca(model_patcher, config: DisCaConfig, spec: PredictorSpec | None = None,
                 tencent_state_dict: dict[str, torch.Tensor] | None = None, offload_predictor: bool = False,
-                dtype: str = "auto"):
-    """Clone `model_patcher` and attach DisCa. Returns the clone; the caller's model is never changed."""
+                dtype: str = "auto", trained_only_on_lists: tuple[tuple[int, ...], ...] | None = None):
+    """Clone `model_patcher` and attach DisCa. Returns the clone; the caller's model is never changed.
+    `trained_only_on_lists`: the predictor file's (`PredictorFile.trained_only_on_lists`); each run warns when it
+    serves none of them."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.patcher_extension
@@ -254,6 +256,7 @@ def apply_disca(model_patcher, config: DisCaConfig, spec: PredictorSpec | None =
         if spec.arch == ARCH_HV10 and dit.single_blocks == 0:
             raise DisCaRuntimeError("a single-stream predictor needs a model with single-stream blocks")
         predictor = build_predictor(model_patcher, spec, tencent_state_dict, predictor_dtype(model_patcher, dtype))
+        predictor.trained_only_on_lists = trained_only_on_lists
 
     patched = model_patcher.clone()
     patched.model_options["transformer_options"][SETUP_OPTION] = DisCaSetup(config, predictor, spec)
@@ -291,8 +294,7 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
     guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
     options = guider.model_options["transformer_options"]
     setup: DisCaSetup = options[SETUP_OPTION]
-    run = DisCaRun(setup.config, len(call.arguments["sigmas"]) - 1,
-                   predictor_bytes(setup.predictor) if setup.predictor is not None else 0)
+    run = DisCaRun(setup.config, len(call.arguments["sigmas"]) - 1, setup.predictor)
     options[RUN_OPTION] = run
     call.arguments["callback"] = _reporting_step_ends(run, call.arguments["callback"])
     log.info("DisCa: %s", setup.config.schedule.describe(run.total_steps))

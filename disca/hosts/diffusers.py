@@ -546,6 +546,7 @@ class DiffusersPredictor(DisCaPredictor):
         """A loaded predictor file (`disca.formats.load_predictor_file`: official or ours) as this module."""
         predictor = cls(file.spec)
         predictor.load_official_state_dict(file.state_dict, source)
+        predictor.trained_only_on_lists = file.trained_only_on_lists
         return predictor
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:

@@ -31,7 +31,6 @@ from torch import nn
 
 from disca.formats import ARCH_HV10, load_predictor_file
 from disca.hosts.diffusers import DiffusersPredictor, arch_of
-from disca.predictor import predictor_bytes
 from disca.runtime import (CACHE_ON_COMPUTE_DEVICE, HIDDEN_STATE_MODES, MODE_PREDICTOR, MODE_REUSE_CACHE, DisCaConfig,
                            DisCaRun)
 from disca.schedules import AnchorSchedule
@@ -110,7 +109,7 @@ class DisCaTransformerHook(ModelHook):
         state = self.state_manager.get_state()
         if state.run is None or state.run.total_steps != total or step < state.run.current_step:
             state.reset()
-            state.run = DisCaRun(self.config, total, predictor_bytes(self.predictor) if self.predictor else 0)
+            state.run = DisCaRun(self.config, total, self.predictor)
             log.info("DisCa [%s]: %s", self.state_manager.context.name, self.config.schedule.describe(total))
         if step:
             state.run.step_finished(step - 1)
