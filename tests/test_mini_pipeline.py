@@ -147,7 +147,8 @@ def test_demo_takes_an_anchor_list_and_a_predictor_and_refuses_bad_ones_before_l
                           (["--schedule", "1 2"], "must start with step 0"),
                           (["--interval", "0"], "interval N must be >= 1"),
                           (["--schedule", "N2", "--interval", "2"], "give --schedule or --interval, not both"),
-                          (["--predictor", str(tmp_path / "absent.safetensors")], "absent.safetensors' is not a file")):
+                          (["--predictor", str(tmp_path / "absent.safetensors")], "absent.safetensors' is not a file"),
+                          (["--predictor", str(settings_only / "demo.json")], "demo.json: not a safetensors file")):
         with pytest.raises(SystemExit):
             demo.main(["--weights", str(settings_only), "--out", str(tmp_path / "e.gif"), *args])
         assert message in capsys.readouterr().err, args

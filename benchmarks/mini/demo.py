@@ -28,7 +28,7 @@ from benchmarks.mini.cost_ratio import median_seconds
 from benchmarks.mini.dataset import ATTRIBUTES, from_latents
 from benchmarks.mini.metrics import classify, load_classifier
 from benchmarks.mini.text import encode_prompts
-from disca.formats import load_predictor_file
+from disca.formats import DisCaFormatError, load_predictor_file
 from disca.hosts.diffusers import DiffusersPredictor, load_host
 from disca.sampling import distilled, sample_cached, sample_euler
 from disca.schedules import AnchorSchedule, ScheduleError, flow_sigmas
@@ -56,10 +56,11 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
 
 
 def load_models(weights: str, predictor_path: str | None = None):
-    """The DiT, predictor (the weights folder's unless `predictor_path`) and classifier."""
-    host = load_host(os.path.join(weights, "dit.safetensors")).requires_grad_(False).eval()
+    """The DiT, predictor (the weights folder's unless `predictor_path`; read first, the smallest file) and
+    classifier."""
     predictor_path = predictor_path or os.path.join(weights, "predictor.safetensors")
     predictor = DiffusersPredictor.from_file(load_predictor_file(predictor_path), predictor_path).eval()
+    host = load_host(os.path.join(weights, "dit.safetensors")).requires_grad_(False).eval()
     classifier = load_classifier(os.path.join(weights, "classifier.safetensors"))
     return host, predictor, classifier
 
@@ -133,7 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
     predictor_path = args.predictor or os.path.join(args.weights, "predictor.safetensors")
     if args.predictor is not None and not os.path.isfile(args.predictor):
         parser.error(f"--predictor {args.predictor!r} is not a file")
-    host, predictor, classifier = load_models(args.weights, predictor_path)
+    try:
+        host, predictor, classifier = load_models(args.weights, predictor_path)
+    except DisCaFormatError as error:  # names the file: not safetensors, not a predictor, another architecture
+        parser.error(str(error))
     sigmas = flow_sigmas(steps, shift)
     cond = encode_prompts([args.prompt])
     noise = torch.randn(1, host.transformer.config.in_channels, *settings["latent_shape"],
